@@ -1,0 +1,187 @@
+"""PlayGuard configuration: one pydantic-settings object, env vars ``PLAYGUARD_*``.
+
+Every option can be set by environment variable (``PLAYGUARD_BOOTSTRAP_SERVERS``,
+``PLAYGUARD_TOPIC_PREFIX``, ...) or a ``.env`` file; CLI options override them.
+Nested detector thresholds use ``__`` (``PLAYGUARD_DETECTION__ALERT_THRESHOLD``).
+
+Source: pydantic-settings (https://docs.pydantic.dev/latest/concepts/pydantic_settings/).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Default real-data folder: ``../shared/data`` beside the repository.
+DEFAULT_DATA_DIR = _REPO_ROOT.parent / "shared" / "data"
+
+
+class TopicNames(BaseModel):
+    """Resolved topic names, all under one prefix (CONVENTIONS.md)."""
+
+    plays: str
+    plays_by_artist: str
+    audio_ingested: str
+    alerts: str
+    qc_reports: str
+    deadletter: str
+    changelog: str
+
+    def all(self) -> list[str]:
+        """Every topic name, in a stable order."""
+        return list(self.model_dump().values())
+
+
+class DetectionSettings(BaseModel):
+    """Detector thresholds and windows (play fraud)."""
+
+    #: Fixed event-time window of play-fraud alerts, seconds.
+    window_s: int = 3600
+    #: Tail probability under which a calibrated score alerts.
+    alert_tail_probability: float = 1e-4
+    #: Rules detector: plays of one track by one account in one day.
+    rule_track_plays_per_day: int = 100
+    #: Rules detector: plays by one account in one 30-day window.
+    rule_plays_per_month: int = 1000
+    #: State of an entity is dropped after this much event-time inactivity (s).
+    state_ttl_s: int = 7 * 24 * 3600
+
+
+class QCSettings(BaseModel):
+    """Audio-QC limits and profile."""
+
+    profile: str = "streaming"
+    #: Roots under which ``audio.ingested`` URIs may point (empty: data audio dir).
+    allowed_roots: list[Path] = Field(default_factory=list)
+    cpu_seconds: int = 60
+    memory_mb: int = 2048
+    wall_seconds: float = 120.0
+    max_file_mb: int = 2048
+    concurrency: int = 2
+
+
+class Settings(BaseSettings):
+    """All PlayGuard settings (env prefix ``PLAYGUARD_``).
+
+    Kafka security: ``security_protocol`` is ``PLAINTEXT``, ``SSL``,
+    ``SASL_PLAINTEXT`` or ``SASL_SSL``; SASL credentials come from the
+    environment (e.g. a Kubernetes Secret), never from the repository.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="PLAYGUARD_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    # Kafka
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    app_id: str = "playguard"
+    topic_prefix: str = "playguard."
+    partitions: int = 4
+    replication_factor: int = 1
+    #: Largest accepted record value, bytes (bigger ones: ``oversized``).
+    max_record_bytes: int = 64 * 1024
+    #: Snapshot chunk size, bytes; stays under the broker's max message size.
+    snapshot_chunk_bytes: int = 512 * 1024
+
+    # Faust / consumer-group timing (short defaults suit the embedded broker).
+    broker_rebalance_timeout_s: float = 10.0
+    broker_session_timeout_s: float = 6.0
+    broker_heartbeat_interval_s: float = 1.0
+    broker_max_poll_interval_s: float = 300.0
+    commit_interval_s: float = 2.0
+    #: State snapshots per partition are written at least this often (s).
+    snapshot_interval_s: float = 5.0
+
+    # Micro-batches
+    batch_max_records: int = 2000
+    batch_within_s: float = 0.2
+
+    # Time (CONVENTIONS.md, "Time")
+    allowed_lateness_s: float = 3600.0
+    max_clock_skew_s: float = 300.0
+    #: Dedupe memory: event ids kept per time bucket, and buckets kept.
+    dedupe_bucket_s: int = 3600
+    dedupe_buckets: int = 3
+    dedupe_max_ids: int = 2_000_000
+
+    # Metrics
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9308
+
+    # Data (real data is optional; paths are checked where used)
+    data_dir: Path = DEFAULT_DATA_DIR
+    listening_dir: Path | None = None
+    audio_dir: Path | None = None
+
+    detection: DetectionSettings = Field(default_factory=DetectionSettings)
+    qc: QCSettings = Field(default_factory=QCSettings)
+
+    @property
+    def listening_path(self) -> Path:
+        """Folder of the listening exports (``<data_dir>/listening`` by default)."""
+        return self.listening_dir or self.data_dir / "listening"
+
+    @property
+    def audio_path(self) -> Path:
+        """Folder of the real music (``<data_dir>/audio`` by default)."""
+        return self.audio_dir or self.data_dir / "audio"
+
+    @cached_property
+    def topics(self) -> TopicNames:
+        """Topic names under :attr:`topic_prefix`."""
+        p = self.topic_prefix
+        return TopicNames(
+            plays=f"{p}plays",
+            plays_by_artist=f"{p}plays.by_artist",
+            audio_ingested=f"{p}audio.ingested",
+            alerts=f"{p}alerts",
+            qc_reports=f"{p}qc.reports",
+            deadletter=f"{p}deadletter",
+            changelog=f"{p}changelog",
+        )
+
+    def qc_roots(self) -> list[Path]:
+        """Roots that ``audio.ingested`` URIs may point into (resolved)."""
+        roots = self.qc.allowed_roots or [self.audio_path]
+        return [Path(os.path.realpath(r)) for r in roots]
+
+    def kafka_client_kwargs(self) -> dict:
+        """Security keyword arguments shared by aiokafka and kafka-python clients."""
+        kw: dict = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            import ssl
+
+            ctx = ssl.create_default_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None
+            )
+            if self.ssl_certfile:
+                ctx.load_cert_chain(
+                    str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None
+                )
+            kw["ssl_context"] = ctx
+        return kw
+
+
+def get_settings(**overrides) -> Settings:
+    """Build :class:`Settings` from the environment, with keyword overrides."""
+    return Settings(**overrides)
