@@ -1,0 +1,371 @@
+"""Account, IP and device feature state of the account stage (vectorised).
+
+One :class:`AccountFeatures` per ``plays`` partition. ``update(batch)`` folds a
+micro-batch into per-account columns with grouped numpy operations (no
+per-event Python state churn) and returns the features of the accounts it
+touched. Counters decay exponentially in event time (half-life style
+``exp(-dt / tau)``), so each account holds O(1) state; accounts, IPs and
+devices idle for ``ttl_s`` are dropped.
+
+Account features (per touched account, after the batch):
+
+==========================  ===================================================
+``plays_1h`` / ``plays_12h``  decayed plays, tau 1 h / 12 h (plays per hour / day)
+``share_30_40``             share of plays that ended between 30 and 40 s
+``skip_rate``               share of plays under 30 s (or flagged skipped)
+``completion``              mean ``ms_played / track_duration`` when known
+``distinct_ratio``          distinct tracks today / plays today (linear counting)
+``repeat_ratio``            1 - distinct_ratio
+``gap_cv``                  coefficient of variation of gaps between play ends
+                            (gaps under 1 h), tau 12 h
+``active_hours_24h``        hours of the last 24 with a play
+``hour_entropy``            entropy (bits) of the decayed hour-of-day histogram
+``new_device_plays``        plays from a device first seen < 24 h ago on an
+                            account older than 2 days (tau 12 h)
+``new_ip_plays``            same for IPs; ``new_country_plays`` for countries
+``odd_hour_new_device``     sum over new-device plays of the hour's surprise
+                            ``max(0, -ln p(hour) - ln 24)``
+``overlaps``                plays starting > 60 s before the previous play ended
+                            on another device (two streams at once), tau 12 h
+``country_switches``        consecutive plays < 2 h apart in different
+                            countries (travel speed beyond flight), tau 12 h
+``ip_accounts`` / ``device_accounts``  distinct accounts (HyperLogLog, today and
+                            yesterday) of the IP / device of the account's
+                            newest play in the batch
+==========================  ===================================================
+
+IP and device state lives here, keyed by hashed IP / device. With N workers,
+each worker sees only the accounts of its own ``plays`` partitions, so its
+HyperLogLog counts about 1/N of an IP's accounts (CONVENTIONS.md): the
+``ip_accounts`` thresholds must be read per worker.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from stream.batch import PlayBatch
+from stream.fraud.sketches import HLLBank, linear_count, mix64
+from stream.fraud.slots import SlotTable
+
+HOUR = 3600.0
+DAY = 86400.0
+TAU_SHORT = 3600.0
+TAU_DAY = 12 * 3600.0
+TAU_WEEK = 7 * 86400.0
+
+#: Names of the feature columns returned by :meth:`AccountFeatures.update`.
+FEATURE_NAMES = (
+    "plays_1h", "plays_12h", "share_30_40", "skip_rate", "completion", "distinct_ratio",
+    "repeat_ratio", "gap_cv", "active_hours_24h", "hour_entropy", "new_device_plays",
+    "new_ip_plays", "new_country_plays", "odd_hour_new_device", "overlaps",
+    "country_switches", "ip_accounts", "device_accounts",
+)
+
+_ACCOUNT_COLS = {
+    "t_ref": ("f8", ()), "first_seen": ("f8", ()),
+    "n1": ("f4", ()), "n12": ("f4", ()), "k3040": ("f4", ()), "kshort": ("f4", ()),
+    "comp_n": ("f4", ()), "comp_s": ("f4", ()),
+    "gap_n": ("f4", ()), "gap_s1": ("f4", ()), "gap_s2": ("f4", ()),
+    "newdev": ("f4", ()), "newip": ("f4", ()), "newctry": ("f4", ()), "oddhour": ("f4", ()),
+    "ovl": ("f4", ()), "travel": ("f4", ()),
+    "hour_hist": ("f4", (24,)), "hour_seen": ("i4", (24,)),
+    "last_ts": ("f8", ()), "last_end": ("f8", ()), "last_dev": ("u4", ()), "last_ctry": ("u4", ()),
+    "dev": ("u4", (3,)), "dev_t": ("f8", (3,)), "ip": ("u4", (3,)), "ip_t": ("f8", (3,)),
+    "ctry": ("u4", (3,)), "ctry_t": ("f8", (3,)), "rr": ("u1", (3,)),
+    "day": ("i4", ()), "day_plays": ("i4", ()), "day_bits": ("u8", (4,)),
+    "last_ipslot": ("i8", ()), "last_devslot": ("i8", ()),
+}
+_NET_COLS = {"day": ("i4", ()), "plays": ("f4", ()), "t_ref": ("f8", ())}
+
+
+def _crc(values) -> np.ndarray:
+    """CRC-32 of strings (0 for None / empty), uint32 array."""
+    return np.fromiter((zlib.crc32(v.encode()) | 1 if v else 0 for v in values), np.uint32, len(values))
+
+
+def _decay(table: SlotTable, slots: np.ndarray, ref: np.ndarray, names, tau: float) -> None:
+    """Decay columns ``names`` of unique ``slots`` from their ``t_ref`` to ``ref``."""
+    dt = np.maximum(ref - table.cols_["t_ref"][slots], 0.0)
+    f = np.exp(-dt / tau).astype(np.float32)
+    for name in names:
+        col = table.cols_[name]
+        col[slots] = col[slots] * (f if col.ndim == 1 else f[:, None])
+
+
+class AccountFeatures:
+    """Per-account, per-IP and per-device feature state (see module docstring).
+
+    Args:
+        ttl_s: event-time inactivity (s) after which an entity's state is dropped.
+        hll_p: HyperLogLog precision of the IP / device distinct-account sketches.
+
+    Example:
+        >>> from stream.batch import PlayBatch
+        >>> rows = [dict(event_id=str(i), ts=1.7e9 + 35 * i, account_id="a", track_id="t",
+        ...              artist_id="x", ms_played=35000, ip="10.0.0.1") for i in range(20)]
+        >>> f = AccountFeatures()
+        >>> slots, X, _ = f.update(PlayBatch.from_dicts(rows))
+        >>> round(float(X[0, FEATURE_NAMES.index("share_30_40")]), 2)
+        1.0
+    """
+
+    def __init__(self, ttl_s: float = 7 * 86400, hll_p: int = 6):
+        self.accounts = SlotTable(_ACCOUNT_COLS, ttl_s)
+        self.ips = SlotTable(_NET_COLS, ttl_s)
+        self.devices = SlotTable(_NET_COLS, ttl_s)
+        self.hll_p = hll_p
+        self.ip_hll = [HLLBank(hll_p), HLLBank(hll_p)]  # by day parity
+        self.dev_hll = [HLLBank(hll_p), HLLBank(hll_p)]
+
+    # ------------------------------------------------------------------ update
+    def update(self, batch: PlayBatch) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Fold ``batch`` into the state.
+
+        Returns:
+            ``(slots, X, aux)``: unique account slots touched (m,), features
+            float64 (m, len(FEATURE_NAMES)), and ``aux`` with per-event arrays
+            ``event_slot`` (n,), ``inv`` (n,) index of each event's account in
+            ``slots``, and ``ip_accounts_event`` (n,).
+        """
+        n = len(batch)
+        A = self.accounts
+        ts = np.asarray(batch.ts, np.float64)
+        a = A.lookup(batch.account_id)
+        A.touch(a, ts)
+        ms = np.asarray(batch.ms_played, np.int64)
+        end = ts
+        start = ts - ms / 1000.0
+        dev = _crc(batch.device_id)
+        ipc = _crc(batch.ip)
+        ctry = _crc(batch.country)
+        trk = _crc(batch.track_id)
+        order = np.lexsort((ts, a))
+        a_s, ts_s, st_s, dev_s, ctry_s = a[order], ts[order], start[order], dev[order], ctry[order]
+        first = np.ones(n, bool)
+        first[1:] = a_s[1:] != a_s[:-1]
+        slots, inv = np.unique(a, return_inverse=True)
+        c = A.cols_
+        new_acc = c["first_seen"][slots] == 0
+        # first_seen: min ts of the account in this batch when new
+        fs = np.full(len(slots), np.inf)
+        np.minimum.at(fs, inv, ts)
+        c["first_seen"][slots] = np.where(new_acc, fs, c["first_seen"][slots])
+        # ---- decay to a per-account reference time
+        tmax = np.full(len(slots), -np.inf)
+        np.maximum.at(tmax, inv, ts)
+        ref = np.maximum(c["t_ref"][slots], tmax)
+        _decay(A, slots, ref, ("n1",), TAU_SHORT)
+        _decay(A, slots, ref, ("n12", "k3040", "kshort", "comp_n", "comp_s", "gap_n", "gap_s1", "gap_s2",
+                               "newdev", "newip", "newctry", "oddhour", "ovl", "travel"), TAU_DAY)
+        _decay(A, slots, ref, ("hour_hist",), TAU_WEEK)
+        c["t_ref"][slots] = ref
+        age = ref[inv] - ts
+        w1 = np.exp(-age / TAU_SHORT)
+        wd = np.exp(-age / TAU_DAY)
+        m = len(slots)
+
+        def add(name, weights):
+            c[name][slots] += np.bincount(inv, weights, minlength=m).astype(np.float32)
+
+        add("n1", w1)
+        add("n12", wd)
+        is3040 = (ms >= 30000) & (ms < 40000)
+        skipped = np.asarray(batch.skipped)
+        short = (ms < 30000) | (skipped == 1)
+        add("k3040", wd * is3040)
+        add("kshort", wd * short)
+        dur = np.asarray(batch.track_duration_ms, np.int64)
+        known = dur > 0
+        add("comp_n", wd * known)
+        add("comp_s", wd * np.where(known, np.minimum(ms / np.maximum(dur, 1), 1.0), 0.0))
+        # ---- hour of day
+        hour_idx = (ts // HOUR).astype(np.int64)
+        hod = hour_idx % 24
+        np.add.at(c["hour_hist"], (a, hod), 1.0)
+        np.maximum.at(c["hour_seen"], (a, hod), hour_idx.astype(np.int32))
+        # ---- distinct tracks today (linear-counting bitmap of 256 bits)
+        day = (ts // DAY).astype(np.int32)
+        dmax = np.full(m, -1, np.int64)
+        np.maximum.at(dmax, inv, day)
+        roll = dmax > c["day"][slots]
+        rs = slots[roll]
+        c["day"][rs] = dmax[roll]
+        c["day_plays"][rs] = 0
+        c["day_bits"][rs] = 0
+        today = day == c["day"][a]
+        np.add.at(c["day_plays"], a[today], 1)
+        bit = (mix64(trk.astype(np.uint64)) & np.uint64(255)).astype(np.int64)
+        np.bitwise_or.at(c["day_bits"], (a[today], bit[today] >> 6),
+                         np.left_shift(np.uint64(1), (bit[today] & 63).astype(np.uint64)))
+        # ---- sequences: gaps, overlaps, travel (sorted by account, ts)
+        prev_ts = np.empty(n)
+        prev_end = np.empty(n)
+        prev_dev = np.empty(n, np.uint32)
+        prev_ctry = np.empty(n, np.uint32)
+        prev_ts[1:], prev_end[1:], prev_dev[1:], prev_ctry[1:] = ts_s[:-1], ts_s[:-1], dev_s[:-1], ctry_s[:-1]
+        fa = a_s[first]
+        prev_ts[first], prev_end[first] = c["last_ts"][fa], c["last_end"][fa]
+        prev_dev[first], prev_ctry[first] = c["last_dev"][fa], c["last_ctry"][fa]
+        has_prev = prev_ts > 0
+        gap = ts_s - prev_ts
+        okgap = has_prev & (gap >= 0) & (gap < HOUR)
+        wd_s = wd[order]
+        inv_s = inv[order]
+        add_s = lambda name, wts: c[name].__setitem__(  # noqa: E731
+            slots, c[name][slots] + np.bincount(inv_s, wts, minlength=m).astype(np.float32))
+        add_s("gap_n", wd_s * okgap)
+        add_s("gap_s1", wd_s * np.where(okgap, gap, 0.0))
+        add_s("gap_s2", wd_s * np.where(okgap, gap * gap, 0.0))
+        ovl = has_prev & (st_s < prev_end - 60.0) & (dev_s != prev_dev) & (dev_s != 0) & (prev_dev != 0)
+        add_s("ovl", wd_s * ovl)
+        trav = has_prev & (gap < 2 * HOUR) & (ctry_s != prev_ctry) & (ctry_s != 0) & (prev_ctry != 0)
+        add_s("travel", wd_s * trav)
+        last = np.ones(n, bool)
+        last[:-1] = a_s[1:] != a_s[:-1]
+        la = a_s[last]
+        newer = ts_s[last] >= c["last_ts"][la]
+        c["last_ts"][la[newer]] = ts_s[last][newer]
+        c["last_end"][la[newer]] = ts_s[last][newer]
+        c["last_dev"][la[newer]] = dev_s[last][newer]
+        c["last_ctry"][la[newer]] = ctry_s[last][newer]
+        # ---- new device / IP / country
+        acct_age = ts - c["first_seen"][a]
+        hist = c["hour_hist"][a]
+        p_hour = (hist[np.arange(n), hod] + 0.5) / (hist.sum(axis=1) + 12.0)
+        odd = np.maximum(0.0, -np.log(p_hour) - np.log(24.0))
+        newdev = self._novel(a, dev, ts, "dev", "dev_t") & (acct_age > 2 * DAY)
+        newip = self._novel(a, ipc, ts, "ip", "ip_t") & (acct_age > 2 * DAY)
+        newctry = self._novel(a, ctry, ts, "ctry", "ctry_t") & (acct_age > 2 * DAY)
+        add("newdev", wd * newdev)
+        add("newip", wd * newip)
+        add("newctry", wd * newctry)
+        add("oddhour", wd * newdev * odd)
+        # ---- IP / device fan-in (distinct accounts, today + yesterday)
+        ip_acc_ev = self._fanin(self.ips, self.ip_hll, batch.ip, a, ts, day)
+        dev_acc_ev = self._fanin(self.devices, self.dev_hll, batch.device_id, a, ts, day)
+        # ---- features of touched accounts
+        X = np.zeros((m, len(FEATURE_NAMES)))
+        n12 = c["n12"][slots].astype(np.float64)
+        X[:, 0] = c["n1"][slots]
+        X[:, 1] = n12
+        X[:, 2] = c["k3040"][slots] / np.maximum(n12, 1e-9)
+        X[:, 3] = c["kshort"][slots] / np.maximum(n12, 1e-9)
+        cn = c["comp_n"][slots]
+        X[:, 4] = np.where(cn > 0, c["comp_s"][slots] / np.maximum(cn, 1e-9), np.nan)
+        dp = c["day_plays"][slots].astype(np.float64)
+        dist = np.minimum(linear_count(c["day_bits"][slots]), dp)
+        X[:, 5] = np.where(dp > 0, dist / np.maximum(dp, 1), 1.0)
+        X[:, 6] = 1.0 - X[:, 5]
+        gn = c["gap_n"][slots].astype(np.float64)
+        mean = c["gap_s1"][slots] / np.maximum(gn, 1e-9)
+        var = np.maximum(c["gap_s2"][slots] / np.maximum(gn, 1e-9) - mean ** 2, 0.0)
+        X[:, 7] = np.where((gn >= 5) & (mean > 0), np.sqrt(var) / np.maximum(mean, 1e-9), np.nan)
+        cur_hour = (ref // HOUR).astype(np.int64)
+        X[:, 8] = np.sum(c["hour_seen"][slots] > (cur_hour - 24)[:, None], axis=1)
+        hh = c["hour_hist"][slots].astype(np.float64)
+        ph = hh / np.maximum(hh.sum(axis=1, keepdims=True), 1e-9)
+        X[:, 9] = -np.sum(np.where(ph > 0, ph * np.log2(np.maximum(ph, 1e-12)), 0.0), axis=1)
+        X[:, 10] = c["newdev"][slots]
+        X[:, 11] = c["newip"][slots]
+        X[:, 12] = c["newctry"][slots]
+        X[:, 13] = c["oddhour"][slots]
+        X[:, 14] = c["ovl"][slots]
+        X[:, 15] = c["travel"][slots]
+        ipmax = np.zeros(m)
+        np.maximum.at(ipmax, inv, ip_acc_ev)
+        devmax = np.zeros(m)
+        np.maximum.at(devmax, inv, dev_acc_ev)
+        X[:, 16] = ipmax
+        X[:, 17] = devmax
+        return slots, X, {"event_slot": a, "inv": inv, "ip_accounts_event": ip_acc_ev}
+
+    def _novel(self, a, h, ts, key, tkey) -> np.ndarray:
+        """Per event: is value ``h`` of account ``a`` first seen < 24 h ago.
+        Inserts unseen values (3 most recent kept per account)."""
+        c = self.accounts.cols_
+        known = c[key][a] == h[:, None]
+        miss = ~known.any(axis=1) & (h != 0)
+        if miss.any():
+            pairs = dict.fromkeys(zip(a[miss].tolist(), h[miss].tolist(), ts[miss].tolist()))
+            seen = set()
+            for s, v, t in pairs:
+                if (s, v) in seen:
+                    continue
+                seen.add((s, v))
+                j = int(c["rr"][s, 0]) % 3
+                c[key][s, j] = v
+                c[tkey][s, j] = t
+                c["rr"][s, 0] = (j + 1) % 3
+            known = c[key][a] == h[:, None]
+        tfirst = np.where(known, c[tkey][a], np.inf).min(axis=1)
+        return (h != 0) & (ts - tfirst < DAY)
+
+    def _fanin(self, table: SlotTable, hll: list[HLLBank], ids, a, ts, day) -> np.ndarray:
+        """Update an IP / device table; per-event distinct accounts (today and
+        yesterday, HyperLogLog) of the event's IP / device (0 when absent)."""
+        has = np.fromiter((v is not None for v in ids), bool, len(ids))
+        out = np.zeros(len(ids))
+        if not has.any():
+            return out
+        idx = np.flatnonzero(has)
+        s = table.lookup([ids[i] for i in idx])
+        table.touch(s, ts[idx])
+        for bank in hll:
+            bank.resize(table.capacity)
+        d = day[idx]
+        us, uinv = np.unique(s, return_inverse=True)
+        dmax = np.full(len(us), -1, np.int64)
+        np.maximum.at(dmax, uinv, d)
+        cd = table.cols_["day"]
+        roll = dmax > cd[us]
+        for par in (0, 1):
+            # a new day clears its parity's bank (it held the day before
+            # yesterday); a gap of 2+ days clears yesterday's bank too
+            hll[par].clear(us[roll & ((dmax % 2 == par) | (cd[us] < dmax - 1))])
+        cd[us[roll]] = dmax[roll]
+        np.add.at(table.cols_["plays"], s, 1.0)
+        ah = self.accounts.hash_[a[idx]]
+        for par in (0, 1):
+            sel = d % 2 == par
+            hll[par].add(s[sel], ah[sel])
+        est = hll[0].estimate(us, hll[1])
+        out[idx] = est[uinv]
+        return out
+
+    # ----------------------------------------------------------------- helpers
+    def expire(self, now: float) -> None:
+        """Drop accounts, IPs and devices idle for ``ttl_s`` (and clear their sketches)."""
+        self.accounts.expire(now)
+        for table, banks in ((self.ips, self.ip_hll), (self.devices, self.dev_hll)):
+            live_before = np.fromiter((i is not None for i in table.ids_), bool, table.capacity)
+            table.expire(now)
+            live_after = np.fromiter((i is not None for i in table.ids_), bool, table.capacity)
+            gone = np.flatnonzero(live_before & ~live_after)
+            for b in banks:
+                b.clear(gone)
+
+    def nbytes(self) -> int:
+        """Bytes held by account, IP and device state (with sketches)."""
+        return (self.accounts.nbytes() + self.ips.nbytes() + self.devices.nbytes()
+                + sum(b.reg_.nbytes for b in self.ip_hll + self.dev_hll))
+
+    def state_dict(self) -> dict:
+        """Snapshot (msgpack-able)."""
+        return {
+            "accounts": self.accounts.state_dict(), "ips": self.ips.state_dict(),
+            "devices": self.devices.state_dict(),
+            "ip_hll": [b.reg_ for b in self.ip_hll], "dev_hll": [b.reg_ for b in self.dev_hll],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self.accounts.load_state_dict(state["accounts"])
+        self.ips.load_state_dict(state["ips"])
+        self.devices.load_state_dict(state["devices"])
+        for b, r in zip(self.ip_hll, state["ip_hll"]):
+            b.reg_ = np.asarray(r, np.uint8).copy()
+        for b, r in zip(self.dev_hll, state["dev_hll"]):
+            b.reg_ = np.asarray(r, np.uint8).copy()

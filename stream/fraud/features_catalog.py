@@ -1,0 +1,249 @@
+"""Track, artist, lockstep and catalog-side account features (vectorised).
+
+One :class:`CatalogFeatures` per ``plays.by_artist`` partition. It sees every
+account's plays of its artists' tracks. Plays with no identity ("Unknown
+Artist / Unknown Track" local files, :meth:`PlayBatch.known_identity`) stay out
+of track and artist state.
+
+Track and artist state (per entity, O(1)):
+
+* plays today, the decayed weekly baseline (tau 7 d), first-seen time
+  (newness);
+* unique listeners today and yesterday (HyperLogLog, 64 registers);
+* heavy listeners today: accounts whose plays of the entity today reach
+  ``heavy_track`` (5) or ``heavy_artist`` (15), counted when an
+  (account, entity, day) count-min counter crosses the limit;
+* share of plays ending between 30 and 40 s (decayed).
+
+Listener concentration is the share of today's listeners that are heavy:
+organic hits have many light listeners, paid boosts and stuffed playlists many
+heavy ones, a superfan one heavy listener.
+
+Lockstep: plays are counted per (track, 10-minute bucket) in rotating count-min
+sketches; a play is a *co-play* when at least ``co_min`` other plays of the
+same track fall in its bucket. Accounts whose plays are mostly co-plays move
+in lockstep.
+
+Catalog-side account state (per account seen by this partition): decayed
+plays, co-plays and plays of new artists (first seen less than 3 days ago, and
+after this model's first 3 days, so a cold start is not "new").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream.batch import PlayBatch
+from stream.fraud.evidence import binom_llr
+from stream.fraud.sketches import HLLBank, RotatingCountMin, combine
+from stream.fraud.slots import SlotTable
+
+DAY = 86400.0
+TAU_DAY = 12 * 3600.0
+TAU_WEEK = 7 * DAY
+NEW_S = 3 * DAY
+
+_ENT_COLS = {
+    "day": ("i4", ()), "plays_day": ("i4", ()), "heavy": ("i4", ()), "first_seen": ("f8", ()),
+    "t_ref": ("f8", ()), "base": ("f4", ()), "k3040": ("f4", ()), "n": ("f4", ()),
+}
+_ACC_COLS = {"t_ref": ("f8", ()), "n": ("f4", ()), "co": ("f4", ()), "newart": ("f4", ()),
+             "day": ("i4", ()), "boost": ("f4", ())}
+
+
+class _EntityState:
+    """Columns + listener HyperLogLogs for one catalog entity type."""
+
+    def __init__(self, ttl_s: float, hll_p: int):
+        self.table = SlotTable(_ENT_COLS, ttl_s)
+        self.hll = [HLLBank(hll_p), HLLBank(hll_p)]
+
+    def update(self, ids: list[str], ts, day, acc_hash, pair_count, pair_batch_count, heavy_limit, is3040):
+        """Fold plays in; returns (slots, listeners today+yesterday, heavy today)."""
+        t = self.table
+        s = t.lookup(ids)
+        t.touch(s, ts)
+        for b in self.hll:
+            b.resize(t.capacity)
+        c = t.cols_
+        us, uinv = np.unique(s, return_inverse=True)
+        dmax = np.full(len(us), -1, np.int64)
+        np.maximum.at(dmax, uinv, day)
+        new = c["first_seen"][us] == 0
+        fs = np.full(len(us), np.inf)
+        np.minimum.at(fs, uinv, ts)
+        c["first_seen"][us] = np.where(new, fs, c["first_seen"][us])
+        roll = dmax > c["day"][us]
+        for par in (0, 1):
+            self.hll[par].clear(us[roll & ((dmax % 2 == par) | (c["day"][us] < dmax - 1))])
+        c["plays_day"][us[roll]] = 0
+        c["heavy"][us[roll]] = 0
+        c["day"][us[roll]] = dmax[roll]
+        # decayed volume and 30-40 s share
+        tmax = np.full(len(us), -np.inf)
+        np.maximum.at(tmax, uinv, ts)
+        ref = np.maximum(c["t_ref"][us], tmax)
+        dt = ref - c["t_ref"][us]
+        fw = np.exp(-dt / TAU_WEEK).astype(np.float32)
+        fd = np.exp(-dt / TAU_DAY).astype(np.float32)
+        c["t_ref"][us] = ref
+        age = ref[uinv] - ts
+        c["base"][us] = c["base"][us] * fw + np.bincount(uinv, np.exp(-age / TAU_WEEK), len(us)).astype(np.float32)
+        c["n"][us] = c["n"][us] * fd + np.bincount(uinv, np.exp(-age / TAU_DAY), len(us)).astype(np.float32)
+        c["k3040"][us] = c["k3040"][us] * fd + np.bincount(uinv, np.exp(-age / TAU_DAY) * is3040, len(us)).astype(np.float32)
+        today = day == c["day"][s]
+        np.add.at(c["plays_day"], s[today], 1)
+        for par in (0, 1):
+            sel = day % 2 == par
+            self.hll[par].add(s[sel], acc_hash[sel])
+        # heavy listeners: (account, entity, day) counter crossing the limit in this batch
+        cross = today & (pair_count >= heavy_limit) & (pair_count - pair_batch_count < heavy_limit)
+        if cross.any():
+            # one crossing per unique pair: pair_batch_count counts the pair's plays in the batch
+            keys = combine(acc_hash[cross], self.table.hash_[s[cross]])
+            _, first_idx = np.unique(keys, return_index=True)
+            np.add.at(c["heavy"], s[cross][first_idx], 1)
+        listeners = self.hll[0].estimate(us, self.hll[1])[uinv]
+        heavy = c["heavy"][s].astype(np.float64)
+        return s, np.maximum(listeners, heavy), heavy
+
+
+class CatalogFeatures:
+    """Catalog-stage feature state (see module docstring).
+
+    Args:
+        ttl_s: inactivity (s) after which an entity's state is dropped.
+        heavy_track, heavy_artist: plays per account per day that make a
+            heavy listener of a track / an artist.
+        co_min: other plays of the same track in the same 10-min bucket that
+            make a co-play.
+        bucket_s: lockstep bucket length (s).
+        hll_p: HyperLogLog precision.
+        cms_width: count-min width (power of two).
+    """
+
+    def __init__(self, ttl_s: float = 7 * DAY, heavy_track: int = 5, heavy_artist: int = 15,
+                 co_min: int = 4, bucket_s: int = 600, hll_p: int = 6, cms_width: int = 1 << 19):
+        self.heavy_track = heavy_track
+        self.heavy_artist = heavy_artist
+        self.co_min = co_min
+        self.bucket_s = bucket_s
+        self.tracks = _EntityState(ttl_s, hll_p)
+        self.artists = _EntityState(ttl_s, hll_p)
+        self.accounts = SlotTable(_ACC_COLS, ttl_s)
+        self.pair_track = RotatingCountMin(cms_width, 2, k=2)
+        self.pair_artist = RotatingCountMin(cms_width, 2, k=2)
+        self.coplay = RotatingCountMin(cms_width, 2, k=4)
+        self.t0_: float = 0.0
+
+    def update(self, batch: PlayBatch) -> dict:
+        """Fold ``batch`` in; per-event arrays for the known-identity plays.
+
+        Returns:
+            dict with ``idx`` (event indices with identity), ``acc`` (catalog
+            account slot per event), ``track``/``artist`` (slots), and per
+            event ``track_listeners``, ``track_heavy``, ``artist_listeners``,
+            ``artist_heavy``, ``pair_track``, ``pair_artist`` (plays today),
+            ``co`` (other plays in the track's bucket), ``new_artist`` (bool).
+        """
+        known = batch.known_identity()
+        idx = np.flatnonzero(known)
+        ts = np.asarray(batch.ts, np.float64)[idx]
+        if self.t0_ == 0.0 and len(ts):
+            self.t0_ = float(ts.min())
+        acc_ids = [batch.account_id[i] for i in idx]
+        acc = self.accounts.lookup(acc_ids)
+        self.accounts.touch(acc, ts)
+        ah = self.accounts.hash_[acc]
+        tr_ids = [batch.track_id[i] for i in idx]
+        ar_ids = [batch.artist_id[i] for i in idx]
+        day = (ts // DAY).astype(np.int64)
+        ms = np.asarray(batch.ms_played)[idx]
+        is3040 = (ms >= 30000) & (ms < 40000)
+        # pair counters first (need entity hashes: look the entities up first)
+        ts_slots = self.tracks.table.lookup(tr_ids)
+        ar_slots = self.artists.table.lookup(ar_ids)
+        kt = combine(ah, self.tracks.table.hash_[ts_slots])
+        ka = combine(ah, self.artists.table.hash_[ar_slots])
+        self.pair_track.add(kt, day)
+        self.pair_artist.add(ka, day)
+        pt = self.pair_track.query(kt, day)
+        pa = self.pair_artist.query(ka, day)
+        _, kinv, kcnt = np.unique(kt, return_inverse=True, return_counts=True)
+        _, ainv, acnt = np.unique(ka, return_inverse=True, return_counts=True)
+        s_t, lt, ht = self.tracks.update(tr_ids, ts, day, ah, pt, kcnt[kinv], self.heavy_track, is3040)
+        s_a, la, ha = self.artists.update(ar_ids, ts, day, ah, pa, acnt[ainv], self.heavy_artist, is3040)
+        # lockstep co-plays
+        bucket = (ts // self.bucket_s).astype(np.int64)
+        kc = combine(self.tracks.table.hash_[s_t], bucket.astype(np.uint64))
+        hour = bucket * self.bucket_s // 3600
+        self.coplay.add(kc, hour)
+        co = self.coplay.query(kc, hour) - 1
+        # newness of the artist
+        afs = self.artists.table.cols_["first_seen"][s_a]
+        new_artist = (ts - afs < NEW_S) & (afs > self.t0_ + NEW_S)
+        # catalog-side account counters
+        c = self.accounts.cols_
+        ua, uinv = np.unique(acc, return_inverse=True)
+        tmax = np.full(len(ua), -np.inf)
+        np.maximum.at(tmax, uinv, ts)
+        ref = np.maximum(c["t_ref"][ua], tmax)
+        f = np.exp(-(ref - c["t_ref"][ua]) / TAU_DAY).astype(np.float32)
+        c["t_ref"][ua] = ref
+        w = np.exp(-(ref[uinv] - ts) / TAU_DAY)
+        m = len(ua)
+        c["n"][ua] = c["n"][ua] * f + np.bincount(uinv, w, m).astype(np.float32)
+        c["co"][ua] = c["co"][ua] * f + np.bincount(uinv, w * (co >= self.co_min), m).astype(np.float32)
+        c["newart"][ua] = c["newart"][ua] * f + np.bincount(uinv, w * new_artist, m).astype(np.float32)
+        return dict(idx=idx, acc=acc, uacc=ua, uinv=uinv, track=s_t, artist=s_a, ts=ts, day=day,
+                    track_listeners=lt, track_heavy=ht, artist_listeners=la, artist_heavy=ha,
+                    pair_track=pt, pair_artist=pa, co=co, cokey=kc, new_artist=new_artist)
+
+    def concentration_llr(self, heavy: np.ndarray, listeners: np.ndarray, p0: float, min_heavy: int) -> np.ndarray:
+        """Binomial LLR that the heavy share of listeners exceeds ``p0``,
+        0 below ``min_heavy`` heavy listeners (shape of ``heavy``)."""
+        llr = binom_llr(heavy, np.maximum(listeners, heavy), p0)
+        return np.where(heavy >= min_heavy, llr, 0.0)
+
+    def expire(self, now: float) -> None:
+        """Drop entities idle for ``ttl_s`` (and clear their listener sketches)."""
+        for ent in (self.tracks, self.artists):
+            before = np.fromiter((i is not None for i in ent.table.ids_), bool, ent.table.capacity)
+            ent.table.expire(now)
+            after = np.fromiter((i is not None for i in ent.table.ids_), bool, ent.table.capacity)
+            for b in ent.hll:
+                b.clear(np.flatnonzero(before & ~after))
+        self.accounts.expire(now)
+
+    def nbytes(self) -> int:
+        """Bytes held, with sketches."""
+        b = self.accounts.nbytes()
+        for ent in (self.tracks, self.artists):
+            b += ent.table.nbytes() + sum(h.reg_.nbytes for h in ent.hll)
+        for r in (self.pair_track, self.pair_artist, self.coplay):
+            b += sum(x.table_.nbytes for x in r.banks)
+        return b
+
+    def state_dict(self) -> dict:
+        """Snapshot (msgpack-able)."""
+        return {
+            "tracks": self.tracks.table.state_dict(), "track_hll": [h.reg_ for h in self.tracks.hll],
+            "artists": self.artists.table.state_dict(), "artist_hll": [h.reg_ for h in self.artists.hll],
+            "accounts": self.accounts.state_dict(),
+            "pair_track": self.pair_track.state_dict(), "pair_artist": self.pair_artist.state_dict(),
+            "coplay": self.coplay.state_dict(), "t0": self.t0_,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self.tracks.table.load_state_dict(state["tracks"])
+        self.artists.table.load_state_dict(state["artists"])
+        for h, r in zip(self.tracks.hll, state["track_hll"]):
+            h.reg_ = np.asarray(r, np.uint8).copy()
+        for h, r in zip(self.artists.hll, state["artist_hll"]):
+            h.reg_ = np.asarray(r, np.uint8).copy()
+        self.accounts.load_state_dict(state["accounts"])
+        self.pair_track.load_state_dict(state["pair_track"])
+        self.pair_artist.load_state_dict(state["pair_artist"])
+        self.coplay.load_state_dict(state["coplay"])
+        self.t0_ = float(state["t0"])

@@ -1,0 +1,467 @@
+"""The two play-fraud stage models the worker runs (:class:`stream.stage.StageModel`).
+
+* :class:`AccountFraudModel` (account stage, one per ``plays`` partition):
+  account, IP and device features (:mod:`stream.fraud.features_account`),
+  scored as a sum of surprise terms (:mod:`stream.fraud.evidence`) plus a
+  HalfSpaceTrees anomaly term on the same feature vectors
+  (:class:`detectors.hst.HalfSpaceTrees`, scored then learned per batch);
+  raises ``account_fraud`` alerts on accounts and ``ip_fanin`` alerts on IPs.
+* :class:`CatalogFraudModel` (catalog stage, one per ``plays.by_artist``
+  partition): track / artist concentration, lockstep co-plays and new-artist
+  shares (:mod:`stream.fraud.features_catalog`); raises ``catalog_account``
+  alerts on accounts, ``track_boost`` alerts on tracks and ``lockstep``
+  ``group`` alerts listing their members.
+
+Scores are in nats of evidence (a sum of one-sided log-likelihood ratios
+against benign rates); an alert fires when an account's score reaches
+``threshold``. Alert windows are fixed event-time days aligned to the epoch
+(``ALERT_WINDOW_S``): an entity alerts at most once per detector and day, and
+re-processing a batch in a window already alerted raises nothing new. The
+``alert_id`` is :func:`stream.schemas.window_alert_id` of that window, so a
+replay after a crash yields the same ids.
+
+Settings used: ``Settings().detection.state_ttl_s`` (state expiry). Detector
+parameters not yet in :class:`stream.config.DetectionSettings` are the
+:class:`FraudParams` defaults below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+from stream.batch import PlayBatch
+from stream.config import Settings
+from stream.fraud.evidence import binom_llr, poisson_llr
+from stream.fraud.features_account import FEATURE_NAMES, AccountFeatures
+from stream.fraud.features_catalog import CatalogFeatures
+from stream.schemas import Alert, AlertKind, Severity, group_entity_id, window_alert_id, window_bounds
+
+#: Alert window of the play-fraud detectors (s): one UTC day.
+ALERT_WINDOW_S = 86400
+
+#: Callback ``sink(stage, batch, event_scores)`` that eval uses to read the
+#: score (float64, shape (n,)) each event's account has after the batch.
+ScoreSink = Callable[[str, PlayBatch, np.ndarray], None]
+
+
+@dataclass
+class FraudParams:
+    """Detector parameters (defaults; candidates for ``DetectionSettings``).
+
+    Benign rates come from the real exports (``../shared/data/README.md`` and
+    measurements on them): per-user share of plays ending at 30-40 s is at most
+    4.1 % (median 1.5 %); active hours per day reach 16 at the 99th percentile.
+    """
+
+    threshold: float = 12.0          # nats of evidence for an account alert
+    p_3040: float = 0.06             # benign share of 30-40 s plays
+    active_hours_free: float = 20.0  # active hours in 24 h above which evidence accrues
+    gap_cv_max: float = 0.15         # gap CV under which play timing looks machine-made
+    ip_accounts_free: float = 20.0   # distinct accounts per IP (per worker) seen as normal
+    device_accounts_free: float = 3.0
+    plays_12h_free: float = 250.0    # decayed 12 h plays seen as normal
+    hst_weight: float = 1.0          # nats per unit of HST score above hst_free
+    hst_free: float = 0.9
+    # catalog stage
+    p_heavy: float = 0.1             # benign share of heavy listeners of a track / artist
+    min_heavy: int = 5               # heavy listeners before concentration counts
+    p_coplay: float = 0.05
+    p_new_artist: float = 0.25
+    track_alert: float = 20.0        # nats for a track_boost alert
+    group_min: int = 3               # members of a lockstep group alert
+
+
+def _feature_dict(pairs) -> dict:
+    return {k: {"actual": float(a), "typical": float(t)} for k, a, t in pairs}
+
+
+def _alert(detector, entity_type, entity_id, t, score, reasons, features, evidence, record_ts, threshold):
+    ws, we = window_bounds(t, ALERT_WINDOW_S)
+    sev = Severity.error if score >= 3 * threshold else Severity.warning
+    a = Alert(
+        alert_id=window_alert_id(detector, entity_type, entity_id, ws, we),
+        kind=AlertKind.play_fraud, detector=detector, entity_type=entity_type, entity_id=entity_id,
+        score=float(max(score, 0.0)), severity=sev, reasons=reasons, features=features,
+        window_start=ws, window_end=we, evidence=evidence,
+    )
+    a._source_record_ts = record_ts
+    return a
+
+
+class _AlertLog:
+    """Which (detector, entity) already alerted in which window (bounded by expiry)."""
+
+    def __init__(self):
+        self.last_: dict[str, int] = {}
+
+    def first(self, detector: str, entity: str, t: float) -> bool:
+        """True if (detector, entity) has not alerted in the window of ``t``; records it."""
+        w = int(t // ALERT_WINDOW_S)
+        k = f"{detector}\x00{entity}"
+        if self.last_.get(k, -1) >= w:
+            return False
+        self.last_[k] = w
+        return True
+
+    def expire(self, now: float) -> None:
+        w = int(now // ALERT_WINDOW_S) - 2
+        self.last_ = {k: v for k, v in self.last_.items() if v >= w}
+
+
+class AccountFraudModel:
+    """Account-stage play-fraud model (see module docstring).
+
+    Args:
+        settings: PlayGuard settings (``detection.state_ttl_s``).
+        params: detector parameters.
+
+    Attributes:
+        score_sink: optional :data:`ScoreSink` (eval reads event scores).
+
+    Example:
+        >>> from stream.batch import PlayBatch
+        >>> m = AccountFraudModel(Settings())
+        >>> rows = [dict(event_id=str(i), ts=1.7e9 + 36 * i, account_id="bot", track_id=f"t{i % 3}",
+        ...              artist_id="x", ms_played=35000) for i in range(60)]
+        >>> [a.detector for a in m.process(PlayBatch.from_dicts(rows))]
+        ['account_fraud']
+    """
+
+    stage = "account"
+    entity_types = ("account", "ip", "device")
+    detector_names = ("account_fraud", "ip_fanin")
+
+    def __init__(self, settings: Settings | None = None, params: FraudParams | None = None):
+        settings = settings or Settings()
+        self.params = params or FraudParams()
+        self.features = AccountFeatures(ttl_s=settings.detection.state_ttl_s)
+        self.alerts_ = _AlertLog()
+        self.hst = self._make_hst()
+        self.n_batches_ = 0
+        self.max_ts_ = 0.0
+        self.score_sink: ScoreSink | None = None
+
+    @staticmethod
+    def _make_hst():
+        try:
+            from detectors.hst import HalfSpaceTrees
+        except ImportError:  # detectors not installed: evidence terms only
+            return None
+        return HalfSpaceTrees(seed=0) if "seed" in HalfSpaceTrees.__init__.__code__.co_varnames else HalfSpaceTrees()
+
+    def _hst_input(self, X: np.ndarray) -> np.ndarray:
+        Z = np.nan_to_num(X, nan=0.0)
+        return np.log1p(np.maximum(Z, 0.0))
+
+    def terms(self, X: np.ndarray, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """Surprise terms (nats, shape (m,)) of accounts with features ``X``."""
+        p = self.params
+        c = self.features.accounts.cols_
+        F = {name: X[:, i] for i, name in enumerate(FEATURE_NAMES)}
+        n12 = c["n12"][slots].astype(np.float64)
+        gap_n = c["gap_n"][slots].astype(np.float64)
+        cv = np.nan_to_num(F["gap_cv"], nan=1.0)
+        return {
+            "share_30_40": binom_llr(c["k3040"][slots].astype(np.float64), n12, p.p_3040),
+            "active_hours_24h": 2.0 * np.maximum(F["active_hours_24h"] - p.active_hours_free, 0.0),
+            "gap_cv": np.where(gap_n >= 10, 40.0 * np.maximum(p.gap_cv_max - cv, 0.0), 0.0),
+            "odd_hour_new_device": 0.5 * F["odd_hour_new_device"] + np.minimum(F["new_device_plays"], F["new_country_plays"]),
+            "country_switches": 3.0 * np.maximum(F["country_switches"] - 1.0, 0.0),
+            "overlaps": 2.0 * np.maximum(F["overlaps"] - 1.0, 0.0),
+            "ip_accounts": 0.5 * np.log(np.maximum(F["ip_accounts"] / p.ip_accounts_free, 1.0)) * np.minimum(n12, 30.0),
+            "device_accounts": 2.0 * np.maximum(F["device_accounts"] - p.device_accounts_free, 0.0),
+            "plays_12h": 0.1 * poisson_llr(n12, np.full(len(n12), p.plays_12h_free)),
+        }
+
+    _TYPICAL = {"share_30_40": 0.015, "active_hours_24h": 5.0, "gap_cv": 1.0, "odd_hour_new_device": 0.0,
+                "country_switches": 0.0, "overlaps": 0.0, "ip_accounts": 2.0, "device_accounts": 1.0,
+                "plays_12h": 20.0}
+
+    def process(self, batch: PlayBatch) -> list[Alert]:
+        """Update features, score touched accounts, return new alerts."""
+        if not len(batch):
+            return []
+        p = self.params
+        slots, X, aux = self.features.update(batch)
+        terms = self.terms(X, slots)
+        if self.hst is not None:
+            Z = self._hst_input(X)
+            hs = np.asarray(self.hst.score_many(Z), np.float64)
+            self.hst.learn_many(Z)
+            terms["hst"] = p.hst_weight * np.maximum(hs - p.hst_free, 0.0) * 10.0
+        score = np.sum(list(terms.values()), axis=0)
+        inv = aux["inv"]
+        if self.score_sink is not None:
+            self.score_sink(self.stage, batch, score[inv])
+        alerts: list[Alert] = []
+        ts = np.asarray(batch.ts)
+        tmax = np.full(len(slots), -np.inf)
+        np.maximum.at(tmax, inv, ts)
+        rmax = np.full(len(slots), -np.inf)
+        np.maximum.at(rmax, inv, np.asarray(batch.record_ts))
+        ids = self.features.accounts.ids_
+        hit = np.flatnonzero(score >= p.threshold)
+        names = list(terms)
+        for j in hit.tolist():
+            acc = ids[slots[j]]
+            if not self.alerts_.first("account_fraud", acc, tmax[j]):
+                continue
+            contrib = sorted(((terms[k][j], k) for k in names), reverse=True)
+            top = [k for v, k in contrib if v >= 1.0][:3] or [contrib[0][1]]
+            feats = []
+            for k in top:
+                if k in FEATURE_NAMES:
+                    feats.append((k, X[j, FEATURE_NAMES.index(k)], self._TYPICAL[k]))
+                elif k == "hst":
+                    feats.append(("hst_score", terms[k][j] / 10.0 + p.hst_free, p.hst_free))
+            ev_idx = np.flatnonzero(inv == j)
+            alerts.append(_alert(
+                "account_fraud", "account", acc, tmax[j], score[j], top, _feature_dict(feats),
+                {"plays_in_batch": int(len(ev_idx)), "plays_12h": float(X[j, 1]),
+                 "sample_event_ids": [batch.event_id[i] for i in ev_idx[:5].tolist()],
+                 "terms": {k: round(float(terms[k][j]), 2) for k in names}},
+                float(rmax[j]), p.threshold))
+        alerts.extend(self._ip_alerts(batch, aux))
+        self.n_batches_ += 1
+        self.max_ts_ = max(self.max_ts_, float(ts.max()))
+        if self.n_batches_ % 100 == 0:
+            self.expire()
+        return alerts
+
+    def _ip_alerts(self, batch: PlayBatch, aux) -> list[Alert]:
+        p = self.params
+        est = aux["ip_accounts_event"]
+        hot = np.flatnonzero(est >= 3 * p.ip_accounts_free)
+        out = []
+        seen = {}
+        for i in hot.tolist():
+            seen.setdefault(batch.ip[i], []).append(i)
+        for ip, idx in seen.items():
+            if not self.alerts_.first("ip_fanin", ip, batch.ts[idx[-1]]):
+                continue
+            e = float(est[idx].max())
+            out.append(_alert(
+                "ip_fanin", "ip", ip, float(batch.ts[idx[-1]]), e / p.ip_accounts_free, ["ip_accounts"],
+                _feature_dict([("ip_accounts", e, p.ip_accounts_free)]),
+                {"accounts": sorted({batch.account_id[i] for i in idx})[:50],
+                 "sample_event_ids": [batch.event_id[i] for i in idx[:5]]},
+                float(np.max(batch.record_ts[idx])), 1.0))
+        return out
+
+    def expire(self) -> None:
+        """Drop state idle for ``state_ttl_s`` and old alert records."""
+        self.features.expire(self.max_ts_)
+        self.alerts_.expire(self.max_ts_)
+
+    def state_dict(self) -> dict:
+        """Snapshot (msgpack-able via :mod:`detectors.serialize`)."""
+        return {"features": self.features.state_dict(), "alerted": dict(self.alerts_.last_),
+                "hst": self.hst.state_dict() if self.hst is not None else None,
+                "n_batches": self.n_batches_, "max_ts": self.max_ts_, "params": asdict(self.params)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self.features.load_state_dict(state["features"])
+        self.alerts_.last_ = {k: int(v) for k, v in state["alerted"].items()}
+        if self.hst is not None and state.get("hst") is not None:
+            self.hst.load_state_dict(state["hst"])
+        self.n_batches_ = int(state["n_batches"])
+        self.max_ts_ = float(state["max_ts"])
+
+    def entity_counts(self) -> dict[str, int]:
+        """Active accounts, IPs and devices held."""
+        f = self.features
+        return {"account": len(f.accounts), "ip": len(f.ips), "device": len(f.devices)}
+
+
+class CatalogFraudModel:
+    """Catalog-stage play-fraud model (see module docstring).
+
+    Args:
+        settings: PlayGuard settings (``detection.state_ttl_s``).
+        params: detector parameters.
+
+    Attributes:
+        score_sink: optional :data:`ScoreSink`.
+    """
+
+    stage = "catalog"
+    entity_types = ("track", "artist", "account")
+    detector_names = ("catalog_account", "track_boost", "lockstep")
+
+    def __init__(self, settings: Settings | None = None, params: FraudParams | None = None):
+        settings = settings or Settings()
+        self.params = params or FraudParams()
+        self.features = CatalogFeatures(ttl_s=settings.detection.state_ttl_s)
+        self.alerts_ = _AlertLog()
+        self.n_batches_ = 0
+        self.max_ts_ = 0.0
+        self.score_sink: ScoreSink | None = None
+
+    def process(self, batch: PlayBatch) -> list[Alert]:
+        """Update catalog features, score accounts / tracks / groups, return alerts."""
+        if not len(batch):
+            return []
+        p = self.params
+        F = self.features
+        u = F.update(batch)
+        alerts: list[Alert] = []
+        if len(u["idx"]) == 0:
+            if self.score_sink is not None:
+                self.score_sink(self.stage, batch, np.zeros(len(batch)))
+            return alerts
+        T_track = F.concentration_llr(u["track_heavy"], u["track_listeners"], p.p_heavy, p.min_heavy)
+        T_art = F.concentration_llr(u["artist_heavy"], u["artist_listeners"], p.p_heavy, p.min_heavy)
+        ev_boost = np.maximum(np.where(u["pair_track"] >= F.heavy_track, T_track, 0.0),
+                              np.where(u["pair_artist"] >= F.heavy_artist, T_art, 0.0))
+        ua, uinv = u["uacc"], u["uinv"]
+        c = F.accounts.cols_
+        bmax = np.zeros(len(ua))
+        np.maximum.at(bmax, uinv, ev_boost)
+        dmax = np.full(len(ua), -1, np.int64)
+        np.maximum.at(dmax, uinv, u["day"])
+        same = c["day"][ua] == dmax
+        c["boost"][ua] = np.where(same, np.maximum(c["boost"][ua], bmax), bmax)
+        c["day"][ua] = np.maximum(c["day"][ua], dmax)
+        n = c["n"][ua].astype(np.float64)
+        terms = {
+            "listener_concentration": c["boost"][ua].astype(np.float64),
+            "coplay_share": binom_llr(c["co"][ua].astype(np.float64), n, p.p_coplay),
+            "new_artist_share": binom_llr(c["newart"][ua].astype(np.float64), n, p.p_new_artist),
+        }
+        score = np.sum(list(terms.values()), axis=0)
+        if self.score_sink is not None:
+            ev = np.zeros(len(batch))
+            ev[u["idx"]] = score[uinv]
+            self.score_sink(self.stage, batch, ev)
+        ts, idx = u["ts"], u["idx"]
+        rts = np.asarray(batch.record_ts)[idx]
+        ids = F.accounts.ids_
+        typical = {"listener_concentration": p.p_heavy, "coplay_share": p.p_coplay, "new_artist_share": p.p_new_artist}
+        for j in np.flatnonzero(score >= p.threshold).tolist():
+            acc = ids[ua[j]]
+            evj = np.flatnonzero(uinv == j)
+            t = float(ts[evj].max())
+            if not self.alerts_.first("catalog_account", acc, t):
+                continue
+            contrib = sorted(((terms[k][j], k) for k in terms), reverse=True)
+            top = [k for v, k in contrib if v >= 1.0][:3]
+            actual = {"listener_concentration": float(ev_boost[evj].max()),
+                      "coplay_share": float(c["co"][ua[j]] / max(n[j], 1e-9)),
+                      "new_artist_share": float(c["newart"][ua[j]] / max(n[j], 1e-9))}
+            kb = int(evj[np.argmax(ev_boost[evj])])
+            alerts.append(_alert(
+                "catalog_account", "account", acc, t, score[j], top,
+                _feature_dict([(k, actual[k], typical[k]) for k in top]),
+                {"top_track": batch.track_id[idx[kb]], "top_artist": batch.artist_id[idx[kb]],
+                 "plays_of_top_track_today": int(u["pair_track"][kb]),
+                 "sample_event_ids": [batch.event_id[idx[i]] for i in evj[:5].tolist()],
+                 "terms": {k: round(float(terms[k][j]), 2) for k in terms}},
+                float(rts[evj].max()), p.threshold))
+        alerts.extend(self._track_alerts(batch, u, T_track, rts))
+        alerts.extend(self._group_alerts(batch, u, terms["coplay_share"], rts))
+        self.n_batches_ += 1
+        self.max_ts_ = max(self.max_ts_, float(ts.max()))
+        if self.n_batches_ % 100 == 0:
+            F.expire(self.max_ts_)
+            self.alerts_.expire(self.max_ts_)
+        return alerts
+
+    def _track_alerts(self, batch, u, T_track, rts) -> list[Alert]:
+        p = self.params
+        out = []
+        hot = np.flatnonzero(T_track >= p.track_alert)
+        if not len(hot):
+            return out
+        tids = self.features.tracks.table.ids_
+        by: dict[int, list[int]] = {}
+        for i in hot.tolist():
+            by.setdefault(int(u["track"][i]), []).append(i)
+        for s, ev in by.items():
+            tid = tids[s]
+            t = float(u["ts"][ev].max())
+            if not self.alerts_.first("track_boost", tid, t):
+                continue
+            heavy = float(u["track_heavy"][ev].max())
+            lis = float(u["track_listeners"][ev].max())
+            heavy_accounts = sorted({batch.account_id[u["idx"][i]] for i in ev
+                                     if u["pair_track"][i] >= self.features.heavy_track})
+            out.append(_alert(
+                "track_boost", "track", tid, t, float(T_track[ev].max()), ["listener_concentration"],
+                _feature_dict([("heavy_listener_share", heavy / max(lis, 1.0), p.p_heavy),
+                               ("unique_listeners", lis, lis)]),
+                {"heavy_listeners": heavy, "unique_listeners": lis, "accounts": heavy_accounts[:100],
+                 "sample_event_ids": [batch.event_id[u["idx"][i]] for i in ev[:5]]},
+                float(rts[ev].max()), p.track_alert))
+        return out
+
+    def _group_alerts(self, batch, u, co_term, rts) -> list[Alert]:
+        """Lockstep groups: accounts with a high co-play share linked by shared
+        (track, bucket) cells in this batch (union-find); one ``group`` alert
+        per group and window, keyed by the group's smallest cell."""
+        p = self.params
+        uinv = u["uinv"]
+        flagged = co_term >= p.threshold
+        sel = np.flatnonzero(flagged[uinv] & (u["co"] >= self.features.co_min))
+        if len(sel) < p.group_min:
+            return []
+        acc_ids = [batch.account_id[u["idx"][i]] for i in sel.tolist()]
+        cells = u["cokey"][sel].tolist()
+        parent: dict = {}
+
+        def find(x):
+            while parent.setdefault(x, x) != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        for a, cell in zip(acc_ids, cells):
+            ra, rc = find(("a", a)), find(("c", cell))
+            if ra != rc:
+                parent[ra] = rc
+        groups: dict = {}
+        for k, (a, cell) in enumerate(zip(acc_ids, cells)):
+            g = groups.setdefault(find(("a", a)), {"members": set(), "cells": set(), "ev": []})
+            g["members"].add(a)
+            g["cells"].add(cell)
+            g["ev"].append(int(sel[k]))
+        out = []
+        for g in groups.values():
+            if len(g["members"]) < p.group_min:
+                continue
+            anchor = str(min(g["cells"]))
+            t = float(u["ts"][g["ev"]].max())
+            if not self.alerts_.first("lockstep", anchor, t):
+                continue
+            members = sorted(g["members"])
+            eid = group_entity_id(members)
+            score = float(co_term[uinv[g["ev"]]].mean())
+            out.append(_alert(
+                "lockstep", "group", eid, t, score, ["coplay_share"],
+                _feature_dict([("group_size", len(members), 1.0),
+                               ("shared_track_buckets", len(g["cells"]), 0.0)]),
+                {"members": members, "n_members": len(members),
+                 "tracks": sorted({batch.track_id[u["idx"][i]] for i in g["ev"]})[:20],
+                 "sample_event_ids": [batch.event_id[u["idx"][i]] for i in g["ev"][:5]]},
+                float(rts[g["ev"]].max()), p.threshold))
+        return out
+
+    def state_dict(self) -> dict:
+        """Snapshot (msgpack-able via :mod:`detectors.serialize`)."""
+        return {"features": self.features.state_dict(), "alerted": dict(self.alerts_.last_),
+                "n_batches": self.n_batches_, "max_ts": self.max_ts_}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self.features.load_state_dict(state["features"])
+        self.alerts_.last_ = {k: int(v) for k, v in state["alerted"].items()}
+        self.n_batches_ = int(state["n_batches"])
+        self.max_ts_ = float(state["max_ts"])
+
+    def entity_counts(self) -> dict[str, int]:
+        """Active tracks, artists and accounts held."""
+        F = self.features
+        return {"track": len(F.tracks.table), "artist": len(F.artists.table), "account": len(F.accounts)}

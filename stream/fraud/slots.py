@@ -1,0 +1,136 @@
+"""Id -> slot tables: columnar per-entity state with inactivity expiry.
+
+Each entity type (account, track, artist, IP, device) keeps its state in numpy
+columns indexed by a slot number; :class:`SlotTable` maps ids to slots, grows
+the columns by doubling, and frees slots whose entity has been inactive for
+``ttl_s`` seconds of event time (their rows are zeroed and reused). Memory is
+O(1) per active entity: the columns plus one dict entry and the id string.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream.fraud.sketches import stable_hash64
+
+
+class SlotTable:
+    """Columns of per-entity state, one row per active entity.
+
+    Args:
+        columns: name -> (dtype, trailing shape) of each state column.
+        ttl_s: event-time inactivity (s) after which an entity is dropped.
+
+    Attributes:
+        index_: id -> slot.
+        ids_: slot -> id (``None`` for a free slot).
+        cols_: name -> array of shape (capacity, *trailing).
+        last_seen_: float64 (capacity,) newest event time per slot (Unix s).
+        hash_: uint64 (capacity,) stable hash of each id.
+
+    Example:
+        >>> t = SlotTable({"n": ("f4", ())}, ttl_s=10)
+        >>> t.lookup(["a", "b", "a"]).tolist()
+        [0, 1, 0]
+    """
+
+    def __init__(self, columns: dict[str, tuple[str, tuple]], ttl_s: float):
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s must be positive, got {ttl_s}")
+        self.spec = columns
+        self.ttl_s = float(ttl_s)
+        self.index_: dict[str, int] = {}
+        self.ids_: list[str | None] = []
+        self.free_: list[int] = []
+        self.cols_ = {k: np.zeros((0, *shape), dt) for k, (dt, shape) in columns.items()}
+        self.last_seen_ = np.zeros(0, np.float64)
+        self.hash_ = np.zeros(0, np.uint64)
+
+    def __len__(self) -> int:
+        return len(self.index_)
+
+    @property
+    def capacity(self) -> int:
+        """Rows allocated."""
+        return len(self.ids_)
+
+    def _grow(self, need: int) -> None:
+        cap = max(64, self.capacity)
+        while cap < need:
+            cap *= 2
+        extra = cap - self.capacity
+        for k, a in self.cols_.items():
+            self.cols_[k] = np.concatenate([a, np.zeros((extra, *a.shape[1:]), a.dtype)])
+        self.last_seen_ = np.concatenate([self.last_seen_, np.zeros(extra)])
+        self.hash_ = np.concatenate([self.hash_, np.zeros(extra, np.uint64)])
+        self.free_.extend(range(cap - 1, self.capacity - 1, -1))
+        self.ids_.extend([None] * extra)
+
+    def lookup(self, ids: list[str]) -> np.ndarray:
+        """Slots (int64, shape (n,)) of ``ids``, allocating new entities."""
+        get = self.index_.get
+        slots = [get(i, -1) for i in ids]
+        if -1 in slots:
+            new = list(dict.fromkeys(i for i, s in zip(ids, slots) if s == -1))
+            if len(new) > len(self.free_):
+                self._grow(len(self.index_) + len(new))
+            hashes = stable_hash64(new)
+            for i, h in zip(new, hashes):
+                s = self.free_.pop()
+                self.index_[i] = s
+                self.ids_[s] = i
+                self.hash_[s] = h
+            slots = [get(i) for i in ids]
+        return np.asarray(slots, np.int64)
+
+    def touch(self, slots: np.ndarray, ts: np.ndarray) -> None:
+        """Record activity: ``last_seen_[slot] = max(last_seen_, ts)``."""
+        np.maximum.at(self.last_seen_, slots, ts)
+
+    def expire(self, now: float) -> int:
+        """Drop entities inactive since ``now - ttl_s``; returns how many."""
+        live = np.fromiter((i is not None for i in self.ids_), bool, self.capacity)
+        dead = np.flatnonzero(live & (self.last_seen_ < now - self.ttl_s))
+        for s in dead.tolist():
+            del self.index_[self.ids_[s]]
+            self.ids_[s] = None
+            self.free_.append(s)
+        for a in self.cols_.values():
+            a[dead] = 0
+        self.last_seen_[dead] = 0
+        return len(dead)
+
+    def nbytes(self) -> int:
+        """Approximate bytes held (columns, dict entries, id strings)."""
+        b = sum(a.nbytes for a in self.cols_.values()) + self.last_seen_.nbytes + self.hash_.nbytes
+        b += 8 * self.capacity + 100 * len(self.index_)  # list slots, dict entries
+        b += sum(len(i) + 49 for i in self.index_)
+        return b
+
+    def state_dict(self) -> dict:
+        """Snapshot (msgpack-able)."""
+        return {
+            "ids": list(self.ids_),
+            "cols": dict(self.cols_),
+            "last_seen": self.last_seen_,
+            "hash": self.hash_,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`.
+
+        Raises:
+            ValueError: if a column is missing or has the wrong length.
+        """
+        ids = list(state["ids"])
+        n = len(ids)
+        for k in self.spec:
+            a = np.asarray(state["cols"][k])
+            if a.shape[0] != n:
+                raise ValueError(f"state column {k} has {a.shape[0]} rows, expected {n}")
+            self.cols_[k] = a.copy()
+        self.ids_ = ids
+        self.last_seen_ = np.asarray(state["last_seen"], np.float64).copy()
+        self.hash_ = np.asarray(state["hash"], np.uint64).copy()
+        self.index_ = {i: s for s, i in enumerate(ids) if i is not None}
+        self.free_ = [s for s in range(n - 1, -1, -1) if ids[s] is None]
