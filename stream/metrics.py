@@ -113,14 +113,15 @@ class Metrics:
     def init_labels(
         self,
         topics: list[str],
-        detectors: list[str] | tuple[str, ...] = (),
+        detectors: dict[str, list[str]] | None = None,
         entity_types: dict[str, list[str]] | None = None,
     ) -> None:
         """Create every known label value so each series starts at 0.
 
         Args:
             topics: input topic names (for consumed / dead-letter / duplicates).
-            detectors: detector names that may raise alerts.
+            detectors: per alert kind (``play_fraud``, ``audio_qc``), the
+                detector names that may raise alerts.
             entity_types: per stage, the entity types it holds state for.
         """
         for t in topics:
@@ -130,7 +131,7 @@ class Metrics:
                 self.deadletter.labels(topic=t, reason=reason.value)
         for kind in AlertKind:
             self.alert_latency.labels(kind=kind.value)
-            for det in detectors:
+            for det in (detectors or {}).get(kind.value, []):
                 for sev in Severity:
                     self.alerts.labels(kind=kind.value, detector=det, severity=sev.value)
         for stage in STAGES:

@@ -1,0 +1,187 @@
+"""The PlayGuard worker's topology, in one place.
+
+::
+
+    plays ──▶ [account_stage] ──▶ alerts, deadletter, changelog
+                   │
+                   └─▶ plays.by_artist ──▶ [catalog_stage] ──▶ alerts, changelog
+    audio.ingested ──▶ [audio_stage] ──▶ qc.reports, alerts, deadletter, changelog
+
+Agents are thin adapters: each takes micro-batches with
+``stream.noack().take_events(...)`` and hands them to a driver
+(:mod:`stream.driver`, :mod:`stream.audio_stage`) that runs the plain-Python
+core and acks only after alerts and snapshots are produced.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import faust
+
+from stream.config import Settings
+from stream.driver import StageDriver
+from stream.metrics import Metrics
+from stream.pipeline import build_account_model, build_catalog_model
+from stream.runtime import account_partition_factory, catalog_partition_factory
+
+log = logging.getLogger("playguard.app")
+
+
+class PlayGuardApp(faust.App):
+    """Faust app that drains its drivers (snapshot, then ack) before the
+    consumer commits and stops."""
+
+    drivers: list = []
+
+    async def on_stop(self) -> None:
+        """Snapshot every owned partition and ack, then stop as Faust does."""
+        for d in self.drivers:
+            try:
+                await d.snapshot()
+            except Exception:  # noqa: BLE001 - shutdown must go on
+                log.exception("final snapshot failed")
+        await super().on_stop()
+
+
+def create_app(
+    settings: Settings,
+    metrics: Metrics,
+    models: str = "full",
+    audit_path: Path | None = None,
+    audio: bool = True,
+) -> PlayGuardApp:
+    """Build the Faust app with its three agents.
+
+    Args:
+        settings: configuration (bootstrap servers, topics, timeouts).
+        metrics: metrics to update.
+        models: model set of :mod:`stream.pipeline` (``full``, ``rules``, ``noop``).
+        audit_path: optional JSONL file of processed offset ranges.
+        audio: run the audio-QC agent.
+    """
+    s = settings
+    app = PlayGuardApp(
+        s.app_id,
+        broker=[f"kafka://{h}" for h in s.bootstrap_servers.split(",")],
+        broker_credentials=_faust_credentials(s),
+        value_serializer="raw",
+        key_serializer="raw",
+        web_enabled=False,
+        store="memory://",
+        datadir=Path(tempfile.gettempdir()) / f"playguard-{s.app_id}",
+        topic_partitions=s.partitions,
+        topic_replication_factor=s.replication_factor,
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        broker_rebalance_timeout=s.broker_rebalance_timeout_s,
+        broker_session_timeout=s.broker_session_timeout_s,
+        broker_heartbeat_interval=s.broker_heartbeat_interval_s,
+        broker_max_poll_interval=s.broker_max_poll_interval_s,
+        broker_commit_interval=s.commit_interval_s,
+        stream_wait_empty=False,
+        producer_max_request_size=max(1_048_576, s.snapshot_chunk_bytes * 2),
+    )
+    app.drivers = []
+    t = s.topics
+    plays = app.topic(t.plays, value_type=bytes, key_type=bytes, partitions=s.partitions)
+    by_artist = app.topic(t.plays_by_artist, value_type=bytes, key_type=bytes, partitions=s.partitions)
+    audio_in = app.topic(t.audio_ingested, value_type=bytes, key_type=bytes, partitions=s.partitions)
+    out = {
+        "alerts": app.topic(t.alerts, value_type=bytes, key_type=bytes),
+        "deadletter": app.topic(t.deadletter, value_type=bytes, key_type=bytes),
+        "changelog": app.topic(t.changelog, value_type=bytes, key_type=bytes),
+        "forward": by_artist,
+        "qc_reports": app.topic(t.qc_reports, value_type=bytes, key_type=bytes),
+    }
+
+    account = StageDriver(
+        "account", account_partition_factory(s, lambda: build_account_model(s, models)),
+        s, metrics, out, t.plays, audit_path,
+    )
+    catalog = StageDriver(
+        "catalog", catalog_partition_factory(s, lambda: build_catalog_model(s, models)),
+        s, metrics, out, t.plays_by_artist, audit_path,
+    )
+    app.drivers.extend([account, catalog])
+    detectors = {
+        "play_fraud": sorted(set(build_account_model(s, models).detector_names)
+                             | set(build_catalog_model(s, models).detector_names)),
+        "audio_qc": [],
+    }
+
+    @app.agent(plays, name="account_stage")
+    async def account_stage(stream):
+        async for events in stream.noack().take_events(s.batch_max_records, within=s.batch_within_s):
+            await account.handle(events)
+
+    @app.agent(by_artist, name="catalog_stage")
+    async def catalog_stage(stream):
+        async for events in stream.noack().take_events(s.batch_max_records, within=s.batch_within_s):
+            await catalog.handle(events)
+
+    topics_in = [t.plays, t.plays_by_artist]
+    if audio:
+        from stream.audio_stage import AudioDriver
+
+        audio_driver = AudioDriver(s, metrics, out, t.audio_ingested)
+        app.drivers.append(audio_driver)
+        detectors["audio_qc"] = list(audio_driver.detector_names)
+        topics_in.append(t.audio_ingested)
+
+        @app.agent(audio_in, name="audio_stage")
+        async def audio_stage(stream):
+            async for events in stream.noack().take_events(s.qc.concurrency, within=0.05):
+                await audio_driver.handle(events)
+
+    metrics.init_labels(
+        topics_in,
+        detectors,
+        {"account": list(build_account_model(s, models).entity_types),
+         "catalog": list(build_catalog_model(s, models).entity_types)},
+    )
+
+    by_topic = {t.plays: account, t.plays_by_artist: catalog}
+    if audio:
+        by_topic[t.audio_ingested] = audio_driver
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app_, revoked, **kwargs):
+        for topic, driver in by_topic.items():
+            await driver.on_revoked({tp.partition for tp in revoked if tp.topic == topic})
+
+    @app.timer(interval=1.0)
+    async def housekeeping():
+        for d in app.drivers:
+            if d.pending and time.monotonic() - d.last_snapshot >= s.snapshot_interval_s:
+                await d.snapshot()
+        try:
+            for tp in app.consumer.assignment():
+                hw = app.consumer.highwater(tp)
+                pos = await app.consumer.position(tp)
+                if hw is not None and pos is not None:
+                    metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, hw - pos))
+        except Exception:  # noqa: BLE001 - lag is best effort during rebalances
+            pass
+
+    return app
+
+
+def _faust_credentials(s: Settings):
+    if s.security_protocol == "PLAINTEXT":
+        return None
+    import ssl as _ssl
+
+    ctx = s.kafka_client_kwargs().get("ssl_context")
+    if s.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=s.sasl_username,
+            password=s.sasl_password.get_secret_value() if s.sasl_password else None,
+            mechanism=s.sasl_mechanism,
+            ssl_context=ctx,
+        )
+    return faust.SSLCredentials(ctx or _ssl.create_default_context())

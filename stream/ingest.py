@@ -1,0 +1,326 @@
+"""Decoding of input records: validation, dead-letter reasons, lateness, dedupe.
+
+Every record read from Kafka passes through here before any model sees it.
+Nothing is lost: a record either becomes a valid event, or a
+:class:`DeadLetter` carrying its original bytes and one reason from the fixed
+set of :class:`~stream.schemas.DeadLetterReason`, or is counted as a duplicate.
+
+Time rules (CONVENTIONS.md, "Time"), checked on ``plays`` only:
+
+* ``ts`` before 2000-01-01: ``ts_out_of_range``;
+* ``ts`` after the wall clock plus ``max_clock_skew_s``: ``ts_in_future``;
+* ``ts`` before the partition's watermark (largest ``ts`` so far minus
+  ``allowed_lateness_s``): ``too_late``.
+
+The watermark uses the stream's own clock, so replayed history is accepted.
+
+Dedupe (:class:`Dedupe`) keeps 64-bit hashes of ``event_id`` in event-time
+buckets; memory is bounded by ``dedupe_max_ids`` and the number of buckets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+from pydantic import ValidationError
+
+from stream.batch import PlayBatch
+from stream.schemas import (
+    MIN_TS,
+    AudioIngested,
+    DeadLetterReason,
+    PlayEvent,
+)
+
+_MIN_TS_S = MIN_TS.timestamp()
+_RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}
+_RANGE_FIELDS = {"ms_played", "track_duration_ms"}
+
+
+@dataclass
+class Record:
+    """One raw Kafka record as the decoders see it.
+
+    Attributes:
+        topic, partition, offset: its position.
+        key, value: raw bytes (``value`` may be None for a tombstone).
+        timestamp: record timestamp (CreateTime), Unix seconds.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float
+
+
+@dataclass
+class DeadLetter:
+    """A rejected record with its reason (fixed set) and free-text detail."""
+
+    record: Record
+    reason: DeadLetterReason
+    detail: str
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        """Kafka headers: ``reason``, ``detail``, ``source_topic``,
+        ``partition``, ``offset`` (CONVENTIONS.md)."""
+        r = self.record
+        return [
+            ("reason", self.reason.value.encode()),
+            ("detail", self.detail.encode("utf-8", "replace")[:1024]),
+            ("source_topic", r.topic.encode()),
+            ("partition", str(r.partition).encode()),
+            ("offset", str(r.offset).encode()),
+        ]
+
+
+def _hash64(event_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+class Dedupe:
+    """Bounded memory of seen ``event_id``s, bucketed by event time.
+
+    Args:
+        bucket_s: bucket width, seconds of event time.
+        buckets: buckets kept (the newest ones); older buckets are dropped.
+        max_ids: cap on ids held in total; past it the oldest bucket is dropped.
+
+    Memory: 8 bytes of hash per id in a Python set (about 60 B with overhead).
+    A 64-bit hash collision would drop one genuine event in about 2^64 / n^2:
+    negligible at these sizes.
+
+    Example:
+        >>> d = Dedupe(bucket_s=3600, buckets=2)
+        >>> d.seen("e1", 10.0), d.seen("e1", 10.0), d.seen("e2", 10.0)
+        (False, True, False)
+    """
+
+    def __init__(self, bucket_s: int = 3600, buckets: int = 3, max_ids: int = 2_000_000):
+        self.bucket_s = bucket_s
+        self.buckets = buckets
+        self.max_ids = max_ids
+        self.sets_: OrderedDict[int, set[int]] = OrderedDict()
+        self.size_ = 0
+
+    def contains(self, event_id: str, ts: float) -> bool:
+        """True if ``event_id`` (with event time ``ts``, Unix s) was recorded."""
+        s = self.sets_.get(int(ts // self.bucket_s))
+        return s is not None and _hash64(event_id) in s
+
+    def seen(self, event_id: str, ts: float) -> bool:
+        """True if ``event_id`` was seen (then nothing changes); else record it.
+
+        Args:
+            event_id: the event id.
+            ts: its event time, Unix seconds.
+        """
+        if self.contains(event_id, ts):
+            return True
+        self.add(event_id, ts)
+        return False
+
+    def add(self, event_id: str, ts: float) -> None:
+        """Record ``event_id`` with event time ``ts`` (Unix s)."""
+        b = int(ts // self.bucket_s)
+        h = _hash64(event_id)
+        s = self.sets_.get(b)
+        if s is None:
+            s = self.sets_[b] = set()
+            if len(self.sets_) > 1 and b < next(reversed(self.sets_)):
+                self.sets_ = OrderedDict(sorted(self.sets_.items()))
+        if h not in s:
+            s.add(h)
+            self.size_ += 1
+        while len(self.sets_) > self.buckets or (self.size_ > self.max_ids and len(self.sets_) > 1):
+            _, old = self.sets_.popitem(last=False)
+            self.size_ -= len(old)
+
+    def state_dict(self) -> dict:
+        """Buckets as uint64 arrays."""
+        return {
+            "buckets": [[b, np.fromiter(s, np.uint64, len(s))] for b, s in self.sets_.items()],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.sets_ = OrderedDict((int(b), set(a.tolist())) for b, a in state["buckets"])
+        self.size_ = sum(len(s) for s in self.sets_.values())
+
+
+def _classify_validation(exc: ValidationError, value: bytes) -> tuple[DeadLetterReason, str]:
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as ue:
+            return DeadLetterReason.invalid_utf8, f"invalid UTF-8 at byte {ue.start}"
+        return DeadLetterReason.invalid_json, first.get("msg", "invalid JSON")[:300]
+    for e in errors:
+        loc = e.get("loc") or ()
+        if loc and loc[0] in _RANGE_FIELDS and e["type"] in _RANGE_ERRORS:
+            return DeadLetterReason.value_out_of_range, f"{loc[0]}: {e['msg']}"
+    detail = "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc') or ()) or '<root>'}: {e['msg']}" for e in errors[:5]
+    )
+    return DeadLetterReason.schema_error, detail[:1000]
+
+
+class PlaysDecoder:
+    """Decodes ``plays`` records of one partition into a :class:`PlayBatch`.
+
+    Holds the partition's watermark and dedupe memory (both part of the
+    partition's snapshot).
+
+    Args:
+        max_record_bytes: larger values are ``oversized``.
+        allowed_lateness_s: lateness allowed behind the watermark, seconds.
+        max_clock_skew_s: tolerance for future timestamps, seconds.
+        dedupe: the partition's :class:`Dedupe`.
+        clock: wall clock, Unix seconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        max_record_bytes: int = 64 * 1024,
+        allowed_lateness_s: float = 3600.0,
+        max_clock_skew_s: float = 300.0,
+        dedupe: Dedupe | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.max_record_bytes = max_record_bytes
+        self.allowed_lateness_s = allowed_lateness_s
+        self.max_clock_skew_s = max_clock_skew_s
+        self.dedupe = dedupe or Dedupe()
+        self.clock = clock
+        self.max_ts_: float | None = None
+
+    @property
+    def watermark(self) -> float | None:
+        """Largest ``ts`` so far minus the allowed lateness (Unix s), or None."""
+        return None if self.max_ts_ is None else self.max_ts_ - self.allowed_lateness_s
+
+    def decode(self, records: Sequence[Record]) -> tuple[PlayBatch, list[DeadLetter], int]:
+        """Decode records in offset order.
+
+        Returns:
+            ``(batch, dead_letters, duplicates)``: the valid, new plays as a
+            batch (``record_ts`` from each record's timestamp), the rejected
+            records, and the number of duplicate ``event_id``s dropped.
+        """
+        events: list[PlayEvent] = []
+        rts: list[float] = []
+        dead: list[DeadLetter] = []
+        dups = 0
+        now = self.clock()
+        for rec in records:
+            v = rec.value
+            if v is None:
+                dead.append(DeadLetter(rec, DeadLetterReason.schema_error, "empty value (tombstone)"))
+                continue
+            if len(v) > self.max_record_bytes:
+                dead.append(DeadLetter(rec, DeadLetterReason.oversized,
+                                       f"{len(v)} bytes > limit {self.max_record_bytes}"))
+                continue
+            try:
+                ev = PlayEvent.model_validate_json(v)
+            except ValidationError as exc:
+                reason, detail = _classify_validation(exc, v)
+                dead.append(DeadLetter(rec, reason, detail))
+                continue
+            ts = ev.ts.timestamp()
+            if self.dedupe.contains(ev.event_id, ts):
+                dups += 1
+                continue
+            if ts < _MIN_TS_S:
+                dead.append(DeadLetter(rec, DeadLetterReason.ts_out_of_range, f"ts {ev.ts.isoformat()} before 2000-01-01"))
+                continue
+            if ts > now + self.max_clock_skew_s:
+                dead.append(DeadLetter(rec, DeadLetterReason.ts_in_future,
+                                       f"ts {ev.ts.isoformat()} is {ts - now:.0f} s ahead of the wall clock"))
+                continue
+            wm = self.watermark
+            if wm is not None and ts < wm:
+                dead.append(DeadLetter(rec, DeadLetterReason.too_late,
+                                       f"ts {ev.ts.isoformat()} is {wm - ts:.0f} s behind the partition watermark"))
+                continue
+            self.dedupe.add(ev.event_id, ts)
+            if self.max_ts_ is None or ts > self.max_ts_:
+                self.max_ts_ = ts
+            events.append(ev)
+            rts.append(rec.timestamp)
+        return PlayBatch.from_events(events, rts), dead, dups
+
+    def state_dict(self) -> dict:
+        """Watermark and dedupe memory."""
+        return {"max_ts": self.max_ts_, "dedupe": self.dedupe.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.max_ts_ = state["max_ts"]
+        self.dedupe.load_state_dict(state["dedupe"])
+
+
+class ForwardedDecoder:
+    """Decodes ``plays.by_artist`` records (msgpack column batches) of one
+    partition, dropping repeated ``event_id``s (a re-processed account-stage
+    batch after a crash is forwarded again). No lateness check: records from
+    several partitions interleave on internal topics (CONVENTIONS.md)."""
+
+    def __init__(self, max_record_bytes: int = 16 * 1024 * 1024, dedupe: Dedupe | None = None):
+        self.max_record_bytes = max_record_bytes
+        self.dedupe = dedupe or Dedupe()
+
+    def decode(self, records: Sequence[Record]) -> tuple[PlayBatch, list[DeadLetter], int]:
+        """Returns ``(batch, dead_letters, duplicates)`` as :meth:`PlaysDecoder.decode`."""
+        parts: list[PlayBatch] = []
+        dead: list[DeadLetter] = []
+        dups = 0
+        for rec in records:
+            if rec.value is None or len(rec.value) > self.max_record_bytes:
+                dead.append(DeadLetter(rec, DeadLetterReason.oversized if rec.value else DeadLetterReason.schema_error,
+                                       "forwarded batch missing or too large"))
+                continue
+            try:
+                b = PlayBatch.from_bytes(rec.value)
+            except ValueError as exc:
+                dead.append(DeadLetter(rec, DeadLetterReason.schema_error, str(exc)[:500]))
+                continue
+            keep = np.fromiter(
+                (not self.dedupe.seen(e, t) for e, t in zip(b.event_id, b.ts.tolist())), bool, len(b)
+            )
+            dups += int((~keep).sum())
+            parts.append(b if keep.all() else b.take(keep))
+        return PlayBatch.concat(parts), dead, dups
+
+    def state_dict(self) -> dict:
+        """Dedupe memory."""
+        return {"dedupe": self.dedupe.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.dedupe.load_state_dict(state["dedupe"])
+
+
+def decode_audio_notice(rec: Record, max_record_bytes: int = 64 * 1024) -> AudioIngested | DeadLetter:
+    """Decode one ``audio.ingested`` record into :class:`AudioIngested`, or a
+    :class:`DeadLetter` (``oversized``, ``invalid_utf8``, ``invalid_json``,
+    ``schema_error``)."""
+    v = rec.value
+    if v is None:
+        return DeadLetter(rec, DeadLetterReason.schema_error, "empty value (tombstone)")
+    if len(v) > max_record_bytes:
+        return DeadLetter(rec, DeadLetterReason.oversized, f"{len(v)} bytes > limit {max_record_bytes}")
+    try:
+        return AudioIngested.model_validate_json(v)
+    except ValidationError as exc:
+        reason, detail = _classify_validation(exc, v)
+        return DeadLetter(rec, reason, detail)

@@ -1,0 +1,77 @@
+"""End to end on the embedded broker: plays in, alerts / dead letters out, /metrics scraped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from stream.config import Settings
+from stream.schemas import Alert
+from tests.kafka_helpers import WorkerProcess, produce, read_all
+
+pytestmark = pytest.mark.integration
+
+
+def _play(i: int, account: str, track: str, ts: datetime, ms: int = 35_000) -> dict:
+    return {"event_id": f"{account}-{track}-{i}", "ts": ts.isoformat(), "account_id": account,
+            "track_id": track, "artist_id": "artist-" + track, "ms_played": ms}
+
+
+@pytest.fixture(scope="module")
+def worker(broker, tmp_path_factory):
+    prefix = f"it{int(time.time() * 1000) % 10**8}."
+    env = {"PLAYGUARD_BOOTSTRAP_SERVERS": broker.bootstrap, "PLAYGUARD_TOPIC_PREFIX": prefix,
+           "PLAYGUARD_PARTITIONS": "2", "PLAYGUARD_APP_ID": prefix + "worker",
+           "PLAYGUARD_SNAPSHOT_INTERVAL_S": "1"}
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    w = WorkerProcess(env, ["--models", "rules", "--no-audio"], log=log).start()
+    w.settings = Settings(bootstrap_servers=broker.bootstrap, topic_prefix=prefix, partitions=2)
+    yield w
+    code = w.stop()
+    assert code == 0, f"worker did not exit cleanly on SIGTERM (code {code}); log:\n{log.read_text()[-3000:]}"
+
+
+def test_rule_alert_deadletter_duplicates_and_metrics(worker):
+    s = worker.settings
+    now = datetime.now(UTC).replace(microsecond=0)
+    day0 = now - timedelta(hours=3)
+    # 101 plays of one track in the same day by 'bot-1' -> rule_track_day alert;
+    # 'human-1' plays 20 different tracks -> nothing.
+    plays = [_play(i, "bot-1", "t-loop", day0 + timedelta(seconds=40 * i)) for i in range(101)]
+    plays += [_play(i, "human-1", f"t-{i}", day0 + timedelta(minutes=4 * i), 200_000) for i in range(20)]
+    plays.sort(key=lambda p: p["ts"])
+    records = [(p["account_id"].encode(), json.dumps(p).encode()) for p in plays]
+    records.append((b"bot-1", json.dumps(plays[0]).encode()))  # duplicate event_id
+    bad = [(b"k1", b"{not json"), (b"k2", b"\xff\xfe\x00"),
+           (b"k3", json.dumps({**plays[1], "event_id": "neg", "ms_played": -1}).encode())]
+    asyncio.run(produce(s.bootstrap_servers, s.topics.plays, records + bad))
+
+    assert worker.wait_metric("playguard_events_consumed_total", len(records) + len(bad),
+                              topic=s.topics.plays) == len(records) + len(bad)
+    alerts = [Alert.model_validate_json(r.value)
+              for r in asyncio.run(read_all(s.bootstrap_servers, s.topics.alerts, expect=1, timeout=60))]
+    assert [(a.detector, a.entity_id) for a in alerts] == [("rule_track_day", "bot-1")]
+    a = alerts[0]
+    assert a.features["track_plays_per_day"].actual == 101
+    assert a.window_end - a.window_start == timedelta(days=1)
+
+    dead = asyncio.run(read_all(s.bootstrap_servers, s.topics.deadletter, expect=3, timeout=60))
+    reasons = {dict(r.headers)["reason"].decode(): r for r in dead}
+    assert set(reasons) == {"invalid_json", "invalid_utf8", "value_out_of_range"}
+    assert reasons["invalid_utf8"].value == b"\xff\xfe\x00"  # original bytes kept
+    h = dict(reasons["invalid_json"].headers)
+    assert h["source_topic"].decode() == s.topics.plays and int(h["offset"]) >= 0
+
+    assert worker.metric("playguard_deadletter_total", topic=s.topics.plays, reason="invalid_json") == 1
+    assert worker.metric("playguard_duplicates_dropped_total", topic=s.topics.plays) == 1
+    assert worker.metric("playguard_alerts_total", detector="rule_track_day", severity="warning") == 1
+    # the catalog stage received the forwarded batches
+    assert worker.wait_metric("playguard_events_consumed_total", 1, topic=s.topics.plays_by_artist) >= 1
+    assert worker.metric("playguard_alert_latency_seconds_count", kind="play_fraud") == 1
+    # every known label value exists before its first event
+    assert "playguard_deadletter_total" in worker.scrape()
+    assert worker.metric("playguard_deadletter_total", topic=s.topics.plays, reason="too_late") == 0
