@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 from collections import Counter
 from pathlib import Path
@@ -93,13 +94,18 @@ def _parse_bool(s: str) -> int:
 
 
 def _event_ids(accounts, ts_iso, tracks, ms) -> list[str]:
-    seen: Counter = Counter()
+    """Same ids as :func:`play_event_id` with ``ts`` given as the ISO string,
+    inlined for speed (1.7M rows)."""
+    seen: dict = {}
     out = []
+    sha = hashlib.sha256
     for a, t, k, m in zip(accounts, ts_iso, tracks, ms):
-        key = (a, t, k, m)
-        n = seen[key]
-        seen[key] = n + 1
-        out.append(play_event_id(a, t, k, m, str(n) if n else ""))
+        text = f"play\x00{a}\x00{t}\x00{k}\x00{m}\x00"
+        n = seen.get(text, 0)
+        seen[text] = n + 1
+        if n:
+            text += str(n)
+        out.append(sha(text.encode("utf-8")).hexdigest()[:32])
     return out
 
 
@@ -150,19 +156,26 @@ def load_spotify_basic(path: Path | str) -> PlayBatch:
     cache: dict = {}
     accounts, ends, tracks, artists, ms = [], [], [], [], []
     with _open_text(path) as fh:
-        reader = csv.DictReader(fh)
-        need = {"user_id", "end_time", "artist_name", "track_name", "ms_played"}
-        if not need <= set(reader.fieldnames or []):
-            raise ValueError(f"{path}: not a Spotify basic export (need columns {sorted(need)})")
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        need = ["user_id", "end_time", "artist_name", "track_name", "ms_played"]
+        if not set(need) <= set(header):
+            raise ValueError(f"{path}: not a Spotify basic export (need columns {need})")
+        iu, ie, ia, it, im = (header.index(c) for c in need)
+        tkeys: dict = {}
         for line, row in enumerate(reader, start=2):
             try:
-                artist = row["artist_name"] or UNKNOWN_ARTIST
-                accounts.append(_intern(cache, row["user_id"]))
-                ends.append(row["end_time"])
-                tracks.append(_intern(cache, _track_key(artist, row["track_name"])))
+                artist = row[ia] or UNKNOWN_ARTIST
+                accounts.append(_intern(cache, row[iu]))
+                ends.append(row[ie])
+                tk = (artist, row[it])
+                track = tkeys.get(tk)
+                if track is None:
+                    track = tkeys[tk] = _track_key(artist, row[it])
+                tracks.append(track)
                 artists.append(_intern(cache, artist))
-                ms.append(int(row["ms_played"]))
-            except (TypeError, ValueError) as exc:
+                ms.append(int(row[im]))
+            except (IndexError, TypeError, ValueError) as exc:
                 raise ValueError(f"{path}:{line}: bad row: {exc}") from exc
     ts = np.array(ends, dtype="datetime64[m]").astype("datetime64[s]").astype(np.int64).astype(np.float64)
     return _batch(accounts, ts, tracks, artists, ms, n=len(accounts))

@@ -1,0 +1,371 @@
+"""Fraud scenarios and hard negatives injected by :mod:`stream.fraud.simulate`.
+
+Each scenario builds the plays of its bot accounts between ``t0`` and ``t1``
+at a camouflage level:
+
+* ``L0`` naive: round-the-clock, payload only, fixed play lengths, one shared IP;
+* ``L1`` partly human-like: about 18 active hours a day, some popular filler,
+  jittered lengths, a few IPs;
+* ``L2`` human-like: sessions on a real listener's hour-of-day profile, 50-90 %
+  popular filler tracks, rotating IPs and devices.
+
+Scenarios (grounded in the public cases quoted in issue 11):
+
+``ai_farm``         thin-spread AI catalog: 3,000 new tracks of 40 new artists, no track stands out (US 2024 case);
+``loop30``          loops of 20 tracks stopped at 30-40 s (Bulgarian 2017 case);
+``boost``           paid boost of 5 tracks of one artist by many accounts;
+``lockstep``        accounts playing the same tracks in the same minutes;
+``click_farm``      many phones behind 1-6 IPs;
+``vpn_geo``         VPN exits hopping between countries;
+``hijack``          real (background) accounts with new night plays from a new device, IP and country;
+``playlist_stuffing``  a loop of a 30-track popular playlist with 3 target tracks;
+``payout_gaming``   many tracks each played just past 30 s;
+``long_farm``       a boost-and-loop farm already active when the window opens.
+
+Hard negatives (benign): ``sleep`` (night-long ambient playlists), ``superfan``
+(a new album replayed all day, beside many casual listeners), ``viral`` (a new
+track with many light listeners), ``cafe`` (10 h a day of a shop playlist);
+real odd users are tagged ``odd_short`` and ``heavy_repeat`` in the background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stream.fraud.identities import COUNTRIES, IdentityPool, rand_device, rand_ip
+
+DAY = 86400.0
+SCENARIOS = ("ai_farm", "loop30", "boost", "lockstep", "click_farm", "vpn_geo", "hijack",
+             "playlist_stuffing", "payout_gaming", "long_farm")
+HARD_NEGATIVES = ("sleep", "superfan", "viral", "cafe")
+LEVELS = ("L0", "L1", "L2")
+#: Plays per bot per day at full activity (roughly; L2 has fewer active hours).
+BOT_RATE = {"ai_farm": 600, "loop30": 2000, "boost": 300, "lockstep": 400, "click_farm": 300,
+            "vpn_geo": 300, "hijack": 60, "playlist_stuffing": 400, "payout_gaming": 1500, "long_farm": 800}
+
+
+@dataclass
+class Plays:
+    """Columns of generated plays (one scenario or hard negative)."""
+
+    account: list = field(default_factory=list)
+    ts: list = field(default_factory=list)
+    track: list = field(default_factory=list)
+    artist: list = field(default_factory=list)
+    ms: list = field(default_factory=list)
+    ip: list = field(default_factory=list)
+    device: list = field(default_factory=list)
+    country: list = field(default_factory=list)
+
+    def extend(self, acc, ts, tracks, ms, ip, dev, ctry):
+        """Append n plays of one account (scalars broadcast)."""
+        n = len(ts)
+        self.account += [acc] * n
+        self.ts += list(map(float, ts))
+        self.track += list(tracks)
+        self.artist += [t.split("::")[0] for t in tracks]
+        self.ms += list(map(int, ms))
+        for col, v in ((self.ip, ip), (self.device, dev), (self.country, ctry)):
+            col += list(v) if isinstance(v, (list, np.ndarray)) else [v] * n
+
+
+class Context:
+    """What scenarios draw from: the background's popular tracks and hour profiles.
+
+    Args:
+        rng: random generator.
+        popular: popular track ids (``artist::track``), most played first.
+        pop_p: their sampling probabilities.
+        hour_profiles: (k, 24) hour-of-day distributions of real listeners.
+        pool: shared IP pools.
+    """
+
+    def __init__(self, rng, popular, pop_p, hour_profiles, pool: IdentityPool):
+        self.rng = rng
+        self.popular = popular
+        self.pop_p = pop_p
+        self.hour_profiles = hour_profiles
+        self.pool = pool
+
+    def filler(self, n: int) -> list[str]:
+        """n popular tracks drawn by popularity."""
+        return [self.popular[i] for i in self.rng.choice(len(self.popular), n, p=self.pop_p)]
+
+    def timeline(self, t0: float, t1: float, level: str, ms_fn, *, hours=None) -> tuple[np.ndarray, np.ndarray]:
+        """Play end times and lengths (ms) of one bot between t0 and t1.
+
+        ``ms_fn(n)`` draws n play lengths. L0 plays back to back around the
+        clock; L1 sleeps a random 6 h a day and pauses at random; L2 plays
+        sessions on a real hour-of-day profile (``hours`` overrides it).
+        """
+        rng = self.rng
+        prof = self.hour_profiles[rng.integers(len(self.hour_profiles))] if hours is None else hours
+        out_t, out_ms = [], []
+        t = t0 + rng.random() * 600
+        sleep0 = rng.integers(0, 24)
+        while t < t1:
+            h = int(t // 3600) % 24
+            if level == "L1" and (h - sleep0) % 24 < 6:
+                t += 3600
+                continue
+            if level == "L2":
+                if rng.random() > min(1.0, prof[h] * 24 * 0.6):
+                    t += 3600 * rng.random()
+                    continue
+            n = 40
+            ms = ms_fn(n)
+            gap = {"L0": np.ones(n), "L1": rng.exponential(15, n), "L2": rng.exponential(40, n)}[level]
+            if level == "L2":
+                gap[rng.random(n) < 0.05] += rng.exponential(1200, int(np.sum(rng.random(n) < 0.05)) or 1)[0]
+            ends = t + np.cumsum(ms / 1000.0 + gap)
+            keep = ends < t1
+            out_t.append(ends[keep])
+            out_ms.append(ms[keep])
+            t = float(ends[-1])
+            if level != "L0" and rng.random() < 0.1:
+                t += rng.exponential(1800)
+        if not out_t:
+            return np.zeros(0), np.zeros(0, np.int64)
+        return np.concatenate(out_t), np.concatenate(out_ms).astype(np.int64)
+
+
+def _mix(ctx: Context, payload: list[str], n: int, level: str, payload_share: float | None = None) -> list[str]:
+    """n tracks: payload (cycled at random) mixed with popular filler by level."""
+    rng = ctx.rng
+    share = payload_share if payload_share is not None else {"L0": 1.0, "L1": 0.8, "L2": 1.0 - rng.uniform(0.5, 0.9)}[level]
+    is_pay = rng.random(n) < share
+    out = ctx.filler(n)
+    pay = [payload[i] for i in rng.integers(0, len(payload), n)]
+    return [p if m else f for p, f, m in zip(pay, out, is_pay)]
+
+
+def _net(ctx: Context, level: str, n: int, shared_ips: list[str], home: dict):
+    """IPs, devices, countries of n bot plays: L0 one shared IP, L1 a few,
+    L2 a rotating residential-proxy IP and device per ~20 plays."""
+    rng = ctx.rng
+    if level == "L0":
+        return shared_ips[0], home["devices"][0], home["country"]
+    if level == "L1":
+        return [shared_ips[i] for i in rng.integers(0, min(3, len(shared_ips)), n)], home["devices"][0], home["country"]
+    blocks = np.arange(n) // 20
+    nb = int(blocks[-1]) + 1 if n else 0
+    ips = [rand_ip(rng) for _ in range(nb)]
+    devs = [rand_device(rng) for _ in range(max(1, nb // 3))]
+    return [ips[b] for b in blocks], [devs[b % len(devs)] for b in blocks], home["country"]
+
+
+def _bots(ctx: Context, k: int) -> list[tuple[str, dict]]:
+    from stream.fraud.identities import rand_account
+    return [(rand_account(ctx.rng), ctx.pool.home()) for _ in range(k)]
+
+
+def _ms_full(rng, lo=150_000, hi=260_000):
+    return lambda n: rng.integers(lo, hi, n)
+
+
+def _ms_3040(rng, level):
+    if level == "L0":
+        return lambda n: np.full(n, 35_000)
+    return lambda n: rng.integers(30_500, 39_500, n)
+
+
+def generate(name: str, level: str, ctx: Context, t0: float, t1: float, k: int,
+             background_accounts: list[str] | None = None, background_plays=None) -> Plays:
+    """Plays of scenario ``name`` at ``level`` for ``k`` bots in [t0, t1).
+
+    Args:
+        background_accounts, background_plays: for ``hijack``, the real
+            accounts to take over and their (ts, country) arrays.
+
+    Raises:
+        ValueError: on an unknown scenario or level.
+    """
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r}; choose from {SCENARIOS}")
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; choose from {LEVELS}")
+    rng = ctx.rng
+    out = Plays()
+    tag = f"{name}{rng.integers(1000, 9999)}"
+    shared = [ctx.pool.datacenter[i] for i in rng.choice(len(ctx.pool.datacenter), 6, replace=False)]
+    if name == "ai_farm":
+        payload = [f"{tag}_artist{a:02d}::ai track {a}-{i}" for a in range(40) for i in range(75)]
+        for acc, home in _bots(ctx, k):
+            ts, ms = ctx.timeline(t0, t1, level, lambda n: rng.integers(60_000, 150_000, n))
+            out.extend(acc, ts, _mix(ctx, payload, len(ts), level), ms, *_net(ctx, level, len(ts), shared, home))
+    elif name in ("loop30", "payout_gaming"):
+        if name == "loop30":
+            payload = [f"{tag}_loops::loop {i}" for i in range(20)]
+        else:
+            payload = [f"{tag}_label{a}::song {a}-{i}" for a in range(10) for i in range(50)]
+        for acc, home in _bots(ctx, k):
+            ts, ms = ctx.timeline(t0, t1, level, _ms_3040(rng, level))
+            tracks = _mix(ctx, payload, len(ts), level)
+            if level != "L0":  # filler plays are heard in full
+                fill = np.array([not t.startswith(tag) for t in tracks])
+                ms = np.where(fill, rng.integers(120_000, 260_000, len(ms)), ms)
+            out.extend(acc, ts, tracks, ms, *_net(ctx, level, len(ts), shared, home))
+    elif name in ("boost", "long_farm"):
+        payload = [f"{tag}_artist::boosted {i}" for i in range(5)]
+        for acc, home in _bots(ctx, k):
+            ms_fn = _ms_full(rng) if name == "boost" else _ms_3040(rng, level)
+            ts, ms = ctx.timeline(t0, t1, level, ms_fn)
+            out.extend(acc, ts, _mix(ctx, payload, len(ts), level), ms, *_net(ctx, level, len(ts), shared, home))
+    elif name == "lockstep":
+        payload = [f"{tag}_artist::sync {i}" for i in range(15)]
+        ts0, ms0 = ctx.timeline(t0, t1, level if level != "L2" else "L1", _ms_full(rng))
+        sched = [payload[i] for i in rng.integers(0, len(payload), len(ts0))]
+        jit = {"L0": 5, "L1": 60, "L2": 180}[level]
+        for acc, home in _bots(ctx, k):
+            keep = rng.random(len(ts0)) < (1.0 if level == "L0" else 0.8 if level == "L1" else 0.5)
+            ts = ts0[keep] + rng.normal(0, jit, int(keep.sum()))
+            tracks = [sched[i] for i in np.flatnonzero(keep)]
+            ms = ms0[keep]
+            if level == "L2":  # unsynchronised filler between the synchronised plays
+                nf = int(len(ts) * rng.uniform(1.0, 4.0))
+                tf = rng.uniform(t0, t1, nf)
+                ts = np.r_[ts, tf]
+                tracks = tracks + ctx.filler(nf)
+                ms = np.r_[ms, rng.integers(120_000, 260_000, nf)]
+            order = np.argsort(ts)
+            out.extend(acc, ts[order], [tracks[i] for i in order], ms[order],
+                       *_net(ctx, level, len(ts), shared, home))
+    elif name == "click_farm":
+        nip = {"L0": 1, "L1": 3, "L2": 6}[level]
+        farm_ips = [rand_ip(rng) for _ in range(nip)]
+        payload = [f"{tag}_artist::promo {i}" for i in range(10)]
+        for acc, home in _bots(ctx, k):
+            ts, ms = ctx.timeline(t0, t1, level, _ms_full(rng, 90_000, 200_000))
+            ips = [farm_ips[i] for i in rng.integers(0, nip, len(ts))]
+            out.extend(acc, ts, _mix(ctx, payload, len(ts), level), ms, ips, home["devices"][0], home["country"])
+    elif name == "vpn_geo":
+        hop = {"L0": 1800, "L1": 7200, "L2": 5 * 3600}[level]
+        payload = [f"{tag}_artist::geo {i}" for i in range(10)]
+        for acc, home in _bots(ctx, k):
+            ts, ms = ctx.timeline(t0, t1, level, _ms_full(rng))
+            seg = ((ts - t0) // hop).astype(int)
+            exits = [ctx.pool.vpn[i] for i in rng.integers(0, len(ctx.pool.vpn), int(seg.max()) + 1 if len(seg) else 1)]
+            dev = home["devices"][0] if level != "L2" else [rand_device(rng) for _ in range(3)][0]
+            out.extend(acc, ts, _mix(ctx, payload, len(ts), level), ms,
+                       [exits[s][0] for s in seg], dev, [exits[s][1] for s in seg])
+    elif name == "hijack":
+        payload = [f"{tag}_artist::stolen {i}" for i in range(10)]
+        victims = background_accounts or []
+        for acc in victims[:k]:
+            hist = background_plays[acc]
+            hh = np.bincount(((hist["ts"] // 3600) % 24).astype(int), minlength=24)
+            night = int(np.argmin(np.convolve(np.r_[hh, hh[:5]], np.ones(6), "valid")[:24]))
+            new_c = str(rng.choice([c for c in COUNTRIES if c != hist["country"]]))
+            dev, ip = rand_device(rng), rand_ip(rng)
+            hours = {"L0": 6, "L1": 3, "L2": 2}[level]
+            day0 = np.floor(t0 / DAY) * DAY
+            for d in range(int((t1 - day0) // DAY) + 1):
+                s = day0 + d * DAY + night * 3600 + rng.random() * 1200
+                if s < t0 or s >= t1:
+                    continue
+                prof = np.zeros(24)
+                prof[:] = 1.0 / 24
+                ts, ms = ctx.timeline(s, min(s + hours * 3600, t1), "L0" if level == "L0" else "L1", _ms_full(rng))
+                if level == "L2":
+                    new_c = hist["country"] if rng.random() < 0.5 else new_c
+                    dev = rand_device(rng) if rng.random() < 0.5 else dev
+                out.extend(acc, ts, _mix(ctx, payload, len(ts), level), ms, rand_ip(rng) if level == "L2" else ip,
+                           dev, new_c)
+    elif name == "playlist_stuffing":
+        targets = [f"{tag}_artist::stuffed {i}" for i in range(3)]
+        playlist = ctx.filler(30) + targets
+        for acc, home in _bots(ctx, k):
+            ts, ms = ctx.timeline(t0, t1, level, _ms_full(rng))
+            n = len(ts)
+            if level == "L0":
+                tracks = [playlist[i % len(playlist)] for i in range(n)]
+            else:
+                order = rng.permutation(len(playlist)) if level == "L2" else np.arange(len(playlist))
+                tracks = [playlist[order[i % len(playlist)]] for i in range(n)]
+                if level == "L2":
+                    extra = rng.random(n) < rng.uniform(0.3, 0.6)
+                    fill = ctx.filler(n)
+                    tracks = [f if e else t for t, f, e in zip(tracks, fill, extra)]
+            out.extend(acc, ts, tracks, ms, *_net(ctx, level, n, shared, home))
+    return out
+
+
+def hard_negative(name: str, ctx: Context, t0: float, t1: float, k: int, casual_accounts=None) -> Plays:
+    """Benign hard-negative plays (see module docstring).
+
+    Raises:
+        ValueError: on an unknown name.
+    """
+    from stream.fraud.identities import rand_account
+    rng = ctx.rng
+    out = Plays()
+    day0 = np.floor(t0 / DAY) * DAY
+    ndays = int((t1 - day0) // DAY) + 1
+    if name == "sleep":
+        playlist = [f"Sleep Sounds {i}::ambient {j}" for i in range(3) for j in range(15)]
+        for _ in range(k):
+            acc, home = rand_account(rng), ctx.pool.home()
+            bed = rng.integers(21, 25)
+            for d in range(ndays):
+                s = day0 + d * DAY + bed * 3600 + rng.normal(0, 1200)
+                ts = s + np.cumsum(rng.integers(300_000, 600_000, 80) / 1000.0)
+                ts = ts[(ts < s + 8 * 3600) & (ts >= t0) & (ts < t1)]
+                ms = np.r_[np.diff(np.r_[s, ts]) * 1000].astype(np.int64)
+                out.extend(acc, ts, [playlist[i] for i in rng.integers(0, len(playlist), len(ts))], ms,
+                           home["home_ip"], home["devices"][0], home["country"])
+                # daytime listening: a few short sessions
+                for _ in range(int(rng.integers(1, 4))):
+                    s2 = day0 + d * DAY + rng.uniform(9, 20) * 3600
+                    n2 = int(rng.integers(5, 25))
+                    m2 = rng.integers(20_000, 250_000, n2)
+                    t2 = s2 + np.cumsum(m2 / 1000.0 + rng.exponential(10, n2))
+                    sel = (t2 >= t0) & (t2 < t1)
+                    out.extend(acc, t2[sel], ctx.filler(int(sel.sum())), m2[sel], home["home_ip"],
+                               home["devices"][-1], home["country"])
+    elif name == "superfan":
+        album = [f"New Album Artist {rng.integers(100)}::song {i}" for i in range(12)]
+        rel = t0 + rng.random() * max(t1 - t0 - 3 * DAY, DAY)
+        for _ in range(k):
+            acc, home = rand_account(rng), ctx.pool.home()
+            for d in range(3):
+                s = np.floor(rel / DAY) * DAY + d * DAY + rng.uniform(7, 10) * 3600
+                n = int(rng.integers(150, 250))
+                ms = rng.integers(150_000, 240_000, n)
+                ts = s + np.cumsum(ms / 1000.0 + rng.exponential(5, n))
+                sel = (ts >= t0) & (ts < t1)
+                out.extend(acc, ts[sel], [album[i % 12] for i in range(int(sel.sum()))], ms[sel],
+                           home["home_ip"], home["devices"][0], home["country"])
+        for acc, home in casual_accounts or []:
+            n = int(rng.integers(1, 4))
+            ts = rel + rng.exponential(DAY, n)
+            sel = ts < t1
+            out.extend(acc, ts[sel], [album[i] for i in rng.integers(0, 12, int(sel.sum()))],
+                       rng.integers(100_000, 240_000, int(sel.sum())), home["ip"], home["device"], home["country"])
+    elif name == "viral":
+        track = f"Viral Newcomer {rng.integers(100)}::the hit"
+        rel = t0 + rng.random() * max(t1 - t0 - 2 * DAY, DAY)
+        for acc, home in casual_accounts or []:
+            n = int(rng.integers(1, 4))
+            ts = rel + rng.gamma(2.0, 0.3 * DAY, n)
+            sel = ts < t1
+            out.extend(acc, ts[sel], [track] * int(sel.sum()), rng.integers(20_000, 200_000, int(sel.sum())),
+                       home["ip"], home["device"], home["country"])
+    elif name == "cafe":
+        playlist = ctx.filler(200)
+        for _ in range(k):
+            acc, home = rand_account(rng), ctx.pool.home()
+            for d in range(ndays):
+                if rng.random() < 1 / 7:
+                    continue  # closed one day a week
+                s = day0 + d * DAY + rng.uniform(7, 9) * 3600
+                n = 200
+                ms = rng.integers(150_000, 260_000, n)
+                ts = s + np.cumsum(ms / 1000.0 + rng.exponential(3, n))
+                sel = (ts < s + 10 * 3600) & (ts >= t0) & (ts < t1)
+                out.extend(acc, ts[sel], [playlist[i] for i in rng.integers(0, 200, int(sel.sum()))], ms[sel],
+                           home["home_ip"], home["devices"][0], home["country"])
+    else:
+        raise ValueError(f"unknown hard negative {name!r}; choose from {HARD_NEGATIVES}")
+    return out
