@@ -70,7 +70,7 @@ RUN groupadd --system --gid 10001 playguard \
 # bind-mounted from the builder, so no copy of it stays in a layer.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels --requirement /wheels/requirements.lock \
-    && pip install --no-index --find-links=/wheels --no-deps playguard==0.1.0 \
+    && pip install --no-index --no-deps /wheels/playguard-*.whl \
     && playguard --help >/dev/null
 
 USER 10001:10001
