@@ -168,3 +168,24 @@ def test_topic_init_creates_the_workers_topics_with_a_compacted_changelog(config
     assert specs[settings.topics.changelog].topic_configs["cleanup.policy"] == "compact"
     # One broker: every topic must fit a replication factor of 1.
     assert {spec.replication_factor for spec in specs.values()} == {1}
+
+
+def test_worker_environment_parses_as_playguard_settings(config, monkeypatch):
+    """The workers' environment is a valid PLAYGUARD_* configuration (stream/config.py)."""
+    from pathlib import Path
+
+    from stream.config import Settings
+
+    for key in list(os.environ):
+        if key.startswith("PLAYGUARD_"):
+            monkeypatch.delenv(key)
+    for key, value in config["services"]["worker-1"]["environment"].items():
+        monkeypatch.setenv(key, value)
+    settings = Settings(_env_file=None)
+    assert settings.bootstrap_servers == "kafka:9092"
+    assert settings.app_id == "playguard"
+    assert settings.metrics_port == 9308
+    assert settings.commit_interval_s == 2.0
+    # The sample data mount: listening histories and audio under /data.
+    assert settings.listening_path == Path("/data/listening")
+    assert [str(p) for p in settings.qc.allowed_roots] == ["/data/audio"]

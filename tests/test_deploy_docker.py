@@ -177,3 +177,31 @@ def test_lock_matches_the_tested_venv():
         if installed != version:
             mismatched[name] = (version, installed)
     assert mismatched == {}, "run deploy/lock-requirements.sh"
+
+
+def _healthcheck_cmd() -> list[str]:
+    health = dict(_instructions())["HEALTHCHECK"]
+    return json.loads(health.split(" CMD ", 1)[1])
+
+
+def test_healthcheck_passes_on_a_live_metrics_endpoint_and_fails_without_one():
+    """Run the image's HEALTHCHECK command against a real /metrics endpoint."""
+    import os
+    import sys
+
+    from stream.metrics import Metrics
+
+    cmd = [sys.executable, *_healthcheck_cmd()[1:]]
+    server, thread = Metrics().serve("127.0.0.1", 0)
+    port = server.server_port
+    env = {**os.environ, "PLAYGUARD_METRICS_PORT": str(port)}
+    try:
+        ok = run(cmd, env=env)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert ok.returncode == 0, ok.stderr
+    down = run(cmd, env=env)  # nothing listens on the port any more
+    assert down.returncode != 0
+    assert "Connection refused" in down.stderr or "URLError" in down.stderr
