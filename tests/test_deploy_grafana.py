@@ -154,3 +154,27 @@ def test_provisioning_points_at_the_dashboard_and_datasource():
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     mounts = compose["services"]["grafana"]["volumes"]
     assert f"./grafana/dashboards:{provider['options']['path']}:ro" in mounts
+
+
+def _as_promql(expr: str) -> str:
+    """A dashboard expression with Grafana's variables replaced by sample values."""
+    return (
+        expr.replace("$__rate_interval", "1m")
+        .replace("$__range", "1h")
+        .replace('"$job"', '"playguard"')
+    )
+
+
+def test_every_expression_parses_as_promql(tmp_path):
+    """promtool parses each expression, loaded as a recording rule."""
+    from tests.test_deploy_tools import require_tool, run
+
+    promtool = require_tool("promtool")
+    exprs = _exprs(_dashboard())
+    assert all("$" not in _as_promql(e) for e in exprs)
+    rules = [{"record": f"dashboard:panel_expr_{i}", "expr": _as_promql(e)} for i, e in enumerate(exprs)]
+    path = tmp_path / "dashboard.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = run([promtool, "check", "rules", path])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in result.stdout
