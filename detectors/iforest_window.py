@@ -73,9 +73,6 @@ from typing import Any, Mapping
 
 import numba as nb
 import numpy as np
-from sklearn.ensemble import IsolationForest
-from sklearn.ensemble._iforest import _average_path_length
-
 from detectors.base import Detector
 
 __all__ = ["SlidingWindowIForest"]
@@ -163,6 +160,8 @@ class SlidingWindowIForest(Detector):
     # -- engine ----------------------------------------------------------------------
     def _make_engine(self, seed: int):
         if self.engine == "sklearn":
+            from sklearn.ensemble import IsolationForest  # imported lazily: sklearn takes ~2 s to import
+
             return IsolationForest(n_estimators=self.n_estimators, max_samples=self.max_samples,
                                    random_state=seed, n_jobs=1)
         from pyod.models.iforest import IForest
@@ -171,6 +170,8 @@ class SlidingWindowIForest(Detector):
 
     def _fit(self, W: np.ndarray, seed: int) -> None:
         import warnings
+
+        from sklearn.ensemble._iforest import _average_path_length
 
         model = self._make_engine(seed)
         with warnings.catch_warnings():
