@@ -40,7 +40,8 @@ Parameters
     warmup: values used for the exact initial median/MAD (>= 2).
     clip: winsorising bound in scale units for the "mean" and seasonal updates.
     period: season length in values, or None.
-    season_alpha: weight of one value in its phase's seasonal level.
+    season_alpha: weight of one value in its phase's seasonal level (default
+        0.2: a phase's memory is about 5 periods).
     min_scale: absolute scale floor, in the unit of the values.
     rel_min_scale: scale floor relative to ``|level|``.
     feature_names: optional single key name for dict input (any key otherwise).
@@ -140,7 +141,7 @@ class RobustZScore(Detector):
     univariate = True
 
     def __init__(self, alpha: float = 0.02, method: str = "median", warmup: int = 10, clip: float = 3.0,
-                 period: int | None = None, season_alpha: float = 0.1, min_scale: float = 1e-9,
+                 period: int | None = None, season_alpha: float = 0.2, min_scale: float = 1e-9,
                  rel_min_scale: float = 1e-3, feature_names: list[str] | None = None):
         super().__init__(feature_names)
         if not 0.0 < float(alpha) < 1.0:
