@@ -157,7 +157,7 @@ def create_app(
     @app.timer(interval=1.0)
     async def housekeeping():
         for d in app.drivers:
-            if d.pending and time.monotonic() - d.last_snapshot >= s.snapshot_interval_s:
+            if d.pending and d.snapshot_due():
                 await d.snapshot()
         try:
             for tp in app.consumer.assignment():

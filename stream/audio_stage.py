@@ -20,7 +20,9 @@ from collections import defaultdict
 from stream.config import Settings
 from stream.ingest import DeadLetter, Record, decode_audio_notice
 from stream.metrics import Metrics
-from stream.schemas import DeadLetterReason, outcome_for
+from stream.schemas import Defect, DeadLetterReason, QCReport, Severity, outcome_for
+
+QC_VERSION_UNKNOWN = "unknown"
 from stream.snapshots import encode_snapshot
 
 log = logging.getLogger("playguard.audio")
@@ -109,6 +111,19 @@ class AudioDriver:
         notice = decode_audio_notice(rec, self.settings.max_record_bytes)
         if isinstance(notice, DeadLetter):
             return notice
+        try:
+            return await self._qc_notice(rec, notice)
+        except Exception as exc:  # noqa: BLE001 - QC could not finish: outcome "error", the worker goes on
+            log.exception("QC of %s failed", notice.file_id)
+            report = QCReport(file_id=notice.file_id, uri=notice.uri, track_id=notice.track_id,
+                              qc_version=QC_VERSION_UNKNOWN, profile=self.settings.qc.profile,
+                              defects=[Defect(code="qc_error", severity=Severity.error,
+                                              detail=f"{type(exc).__name__}: {exc}"[:500])],
+                              outcome="error")
+            return report, []
+
+    async def _qc_notice(self, rec: Record, notice):
+        m = rec
         from audio_qc.alerts import report_alerts
         from audio_qc.check import check_file
         from audio_qc.paths import UriRejected, resolve_uri
@@ -124,7 +139,7 @@ class AudioDriver:
         if report.track_id is None and notice.track_id:
             report.track_id = notice.track_id
         if report.outcome != "error":
-            defect = self._catalog(m.partition).update_and_score(report)
+            defect = self._catalog(rec.partition).update_and_score(report)
             if defect is not None:
                 report.defects.append(defect)
                 report.outcome = outcome_for(report.defects)
@@ -141,6 +156,10 @@ class AudioDriver:
             if snap is not None:
                 cat.load_state_dict(snap[1])
                 self.next_offset[p] = snap[0]
+
+    def snapshot_due(self) -> bool:
+        """Audio snapshots are written after every micro-batch."""
+        return True
 
     async def snapshot(self, partitions: list[int] | None = None) -> None:
         """Snapshot catalog state, then ack pending notices."""

@@ -164,12 +164,15 @@ def demo(
     max_seconds: float = typer.Option(240.0, help="Stop waiting for the worker after this long."),
 ):
     """One-command demo: embedded broker, worker, real replay (+ labelled fraud), audio QC, summary."""
-    from stream.demo import run_demo
+    from stream.demo import DemoError, run_demo
 
-    run_demo(
-        data_dir=data_dir, out=out, window_days=window, n_accounts=accounts, fraud_share=fraud_share,
-        follow=follow, bootstrap=bootstrap, max_seconds=max_seconds,
-    )
+    try:
+        run_demo(
+            data_dir=data_dir, out=out, window_days=window, n_accounts=accounts, fraud_share=fraud_share,
+            follow=follow, bootstrap=bootstrap, max_seconds=max_seconds,
+        )
+    except DemoError as exc:
+        raise CLIError(str(exc)) from exc
 
 
 def _register_optional(names: list[str]) -> None:

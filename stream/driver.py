@@ -122,6 +122,7 @@ class StageDriver:
         self.pending: dict[int, list] = defaultdict(list)
         self.lock = asyncio.Lock()
         self.last_snapshot = time.monotonic()
+        self.snapshot_cost_s = 0.0
         self.audit_path = audit_path
         self._audit_fh = open(audit_path, "a", buffering=1) if audit_path else None
 
@@ -137,8 +138,15 @@ class StageDriver:
             for p, evs in by_part.items():
                 evs.sort(key=lambda e: e.message.offset)
                 await self._run_partition(p, evs)
-            if time.monotonic() - self.last_snapshot >= self.settings.snapshot_interval_s:
+            if self.snapshot_due():
                 await self._snapshot_locked(list(self.pending))
+
+    def snapshot_due(self) -> bool:
+        """True when the snapshot interval has passed. The interval stretches to
+        20x the last snapshot's cost, so snapshots of a large state take at
+        most ~5% of the stage's time (commits lag accordingly)."""
+        interval = max(self.settings.snapshot_interval_s, 20.0 * self.snapshot_cost_s)
+        return time.monotonic() - self.last_snapshot >= interval
 
     async def _run_partition(self, p: int, evs: list) -> None:
         rt = self.runtimes[p]
@@ -154,7 +162,8 @@ class StageDriver:
         await self._produce(out)
         if self._audit_fh:
             self._audit_fh.write(json.dumps({"stage": self.stage, "partition": p, "first": recs[0].offset,
-                                             "last": recs[-1].offset, "skipped": out.skipped}) + "\n")
+                                             "last": recs[-1].offset, "n": len(recs), "skipped": out.skipped,
+                                             "valid": out.valid, "t": time.time()}) + "\n")
         self.pending[p].extend(evs)
 
     async def _produce(self, out: StageOutput) -> None:
@@ -207,6 +216,7 @@ class StageDriver:
             await self._snapshot_locked(list(self.pending) if partitions is None else partitions)
 
     async def _snapshot_locked(self, partitions: list[int]) -> None:
+        t0 = time.monotonic()
         futs = []
         for p in partitions:
             rt = self.runtimes.get(p)
@@ -221,6 +231,7 @@ class StageDriver:
             for e in self.pending.pop(p, []):
                 e.ack()
         self.last_snapshot = time.monotonic()
+        self.snapshot_cost_s = self.last_snapshot - t0
 
     async def on_revoked(self, partitions: set[int]) -> None:
         """Snapshot and drop revoked partitions (best effort within 5 s: if the
