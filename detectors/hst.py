@@ -72,21 +72,24 @@ __all__ = ["HalfSpaceTrees"]
 
 @nb.njit
 def _learn_kernel(X, feat, split, L, R, state, window, height):
-    # state = [observations in current window, completed windows]
+    # state = [observations in current window, completed windows]. Rows are taken
+    # in runs that end at window boundaries; within a run the increments commute,
+    # so the trees are walked tree by tree (cache-friendly), same result as row by row.
     n = X.shape[0]
     T = feat.shape[0]
     cnt = state[0]
-    for k in range(n):
+    start = 0
+    while start < n:
+        stop = min(n, start + window - cnt)
         for t in range(T):
-            node = 0
-            L[t, 0] += 1
-            for _ in range(height):
-                if X[k, feat[t, node]] >= split[t, node]:
-                    node = 2 * node + 2
-                else:
-                    node = 2 * node + 1
-                L[t, node] += 1
-        cnt += 1
+            for k in range(start, stop):
+                node = 0
+                L[t, 0] += 1
+                for _ in range(height):
+                    node = 2 * node + 1 + np.int64(X[k, feat[t, node]] >= split[t, node])
+                    L[t, node] += 1
+        cnt += stop - start
+        start = stop
         if cnt == window:
             R[:, :] = L
             L[:, :] = 0
@@ -99,22 +102,20 @@ def _learn_kernel(X, feat, split, L, R, state, window, height):
 def _score_kernel(X, feat, split, R, height, size_limit, norm, out):
     n = X.shape[0]
     T = feat.shape[0]
-    for k in range(n):
-        s = 0.0
-        for t in range(T):
+    s = np.zeros(n)
+    for t in range(T):  # tree-major; each row still sums its trees in order 0..T-1
+        for k in range(n):
             node = 0
             depth = 0
             while True:
                 m = R[t, node]
                 if depth == height or m < size_limit:
-                    s += m * (2.0 ** depth)
+                    s[k] += m * (2.0 ** depth)
                     break
-                if X[k, feat[t, node]] >= split[t, node]:
-                    node = 2 * node + 2
-                else:
-                    node = 2 * node + 1
+                node = 2 * node + 1 + np.int64(X[k, feat[t, node]] >= split[t, node])
                 depth += 1
-        out[k] = max(0.0, 1.0 - s / norm)
+    for k in range(n):
+        out[k] = max(0.0, 1.0 - s[k] / norm)
 
 
 class HalfSpaceTrees(Detector):

@@ -82,16 +82,35 @@ __all__ = ["SlidingWindowIForest"]
 def _depth_kernel(X, feat, thr, leafval, depth, out):
     # Complete-heap trees of fixed depth: internal node h has children 2h+1, 2h+2;
     # padded nodes have thr = +inf (always left) and copy their leaf's value.
+    # Four trees are walked side by side (independent load chains overlap); the
+    # leaf values are still added in tree order, as scikit-learn does.
     n = X.shape[0]
     T = feat.shape[0]
     n_int = feat.shape[1]
     for r in range(n):
         acc = 0.0
-        for t in range(T):
+        t = 0
+        while t + 4 <= T:
+            a0 = 0
+            a1 = 0
+            a2 = 0
+            a3 = 0
+            for _ in range(depth):
+                a0 = 2 * a0 + 1 + np.int64(X[r, feat[t, a0]] > thr[t, a0])
+                a1 = 2 * a1 + 1 + np.int64(X[r, feat[t + 1, a1]] > thr[t + 1, a1])
+                a2 = 2 * a2 + 1 + np.int64(X[r, feat[t + 2, a2]] > thr[t + 2, a2])
+                a3 = 2 * a3 + 1 + np.int64(X[r, feat[t + 3, a3]] > thr[t + 3, a3])
+            acc += leafval[t, a0 - n_int]
+            acc += leafval[t + 1, a1 - n_int]
+            acc += leafval[t + 2, a2 - n_int]
+            acc += leafval[t + 3, a3 - n_int]
+            t += 4
+        while t < T:
             node = 0
             for _ in range(depth):
                 node = 2 * node + 1 + np.int64(X[r, feat[t, node]] > thr[t, node])
             acc += leafval[t, node - n_int]
+            t += 1
         out[r] = acc
 
 

@@ -1,0 +1,184 @@
+"""Benchmark of the detectors library (not a test): prints a table of throughput and memory.
+
+For each detector: events/s of ``score_many`` then ``learn_many`` per micro-batch on
+``--events`` events x 16 features (univariate detectors use the first column), on one core,
+next to river's ``HalfSpaceTrees`` and ``LODA`` per-event ``score_one``/``learn_one`` loop in
+the same run. River's loop runs on a subsample (``--river-events``, default 10k) and its
+rate is extrapolated (the per-event cost of those models is constant). MIDAS, MIDAS-R and
+MIDAS-F are timed on ``--edges`` edges.
+
+Memory: "state" is the size of the detector's snapshot (``detectors.serialize.dumps``),
+which holds all its arrays; "per entity" is what one more entity costs: 0 for the
+shared detectors and the MIDAS sketches (constant memory), the whole state for a
+detector kept per entity (e.g. one RobustZScore per track's plays-per-minute series).
+
+Usage: ``.venv/bin/python bench/detectors.py [--events 100000] [--batch 1000] [--edges 1000000]``
+Targets (issue 10): every detector >= 100k events/s in batch mode, >= 10x river's per-event
+loop, MIDAS-R and MIDAS-F >= 1M edges/s.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detectors import (  # noqa: E402
+    LODA,
+    MIDAS,
+    MIDASF,
+    MIDASR,
+    DenStream,
+    HalfSpaceTrees,
+    OnlineGaussian,
+    QuantileCalibrator,
+    RobustZScore,
+    ScoreEnsemble,
+    SlidingWindowIForest,
+)
+from detectors.serialize import dumps  # noqa: E402
+
+
+def _stream(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    X[rng.random(n) < 0.01] += 5.0
+    return X
+
+
+def _time_detector(make, X: np.ndarray, batch: int) -> tuple[float, int]:
+    warm = make()  # compile the numba kernels outside the timing
+    warm.learn_many(X[: min(len(X), 3000)])
+    warm.score_many(X[:batch])
+    det = make()
+    t0 = time.perf_counter()
+    for s in range(0, X.shape[0], batch):
+        det.score_many(X[s:s + batch])
+        det.learn_many(X[s:s + batch])
+    dt = time.perf_counter() - t0
+    return X.shape[0] / dt, len(dumps(det.state_dict()))
+
+
+def _time_river(model, X: np.ndarray) -> float:
+    names = [f"x{j}" for j in range(X.shape[1])]
+    rows = [dict(zip(names, r)) for r in X.tolist()]
+    t0 = time.perf_counter()
+    for x in rows:
+        model.score_one(x)
+        model.learn_one(x)
+    return len(rows) / (time.perf_counter() - t0)
+
+
+def _edges(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, 100_000, n)          # accounts
+    dst = rng.integers(0, 50_000, n)           # tracks
+    t = np.sort(rng.integers(1, 1441, n))      # one day of minute ticks
+    return src.astype(np.int64), dst.astype(np.int64), t.astype(np.int64)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--features", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--river-events", type=int, default=10_000)
+    ap.add_argument("--edges", type=int, default=1_000_000)
+    a = ap.parse_args()
+
+    X = _stream(a.events, a.features)
+    Xr = (X - X.min(0)) / (X.max(0) - X.min(0))  # river's HST expects [0, 1] features
+
+    from river import anomaly
+
+    river_hst = _time_river(anomaly.HalfSpaceTrees(seed=0), Xr[: a.river_events])
+    river_loda = _time_river(anomaly.LODA(seed=0), X[: a.river_events])
+    best_river = max(river_hst, river_loda)
+
+    def ens():
+        e = ScoreEnsemble()
+        # calibrators filled with some scores so the combination does real work
+        for n in e.names:
+            e.calibrators[n].learn_many(np.random.default_rng(1).random(5000))
+        return e
+
+    rows = [
+        ("HalfSpaceTrees", lambda: HalfSpaceTrees(seed=0), X, river_hst, "river HST"),
+        ("LODA", lambda: LODA(seed=0), X, river_loda, "river LODA"),
+        ("OnlineGaussian", lambda: OnlineGaussian(), X, best_river, "faster river"),
+        ("DenStream", lambda: DenStream(), X, best_river, "faster river"),
+        ("SlidingWindowIForest", lambda: SlidingWindowIForest(seed=0), X, best_river, "faster river"),
+        ("RobustZScore (d=1)", lambda: RobustZScore(), X[:, :1], best_river, "faster river"),
+        ("RobustZScore period=1440 (d=1)", lambda: RobustZScore(period=1440), X[:, :1], best_river, "faster river"),
+        ("ScoreEnsemble(HST+LODA+Gauss)", ens, X, best_river, "faster river"),
+    ]
+    per_entity = {"RobustZScore (d=1)", "RobustZScore period=1440 (d=1)"}
+
+    print(f"# detectors benchmark: {a.events:,} events x {a.features} features, micro-batches of {a.batch}, "
+          f"one core (numpy/numba single-threaded)")
+    print(f"# river per-event loop measured on {a.river_events:,} events and extrapolated: "
+          f"HalfSpaceTrees {river_hst:,.0f} ev/s, LODA {river_loda:,.0f} ev/s")
+    print()
+    print(f"| {'detector':32} | {'events/s':>11} | {'vs river':>16} | {'state':>10} | {'per entity':>10} |")
+    print(f"|{'-' * 34}|{'-' * 13}:|{'-' * 18}:|{'-' * 12}:|{'-' * 12}:|")
+    for name, make, data, ref, refname in rows:
+        if name.startswith("ScoreEnsemble"):
+            e = make()
+            e.learn_many(data[:3000])
+            e.score_many(data[:a.batch])
+            det = make()
+            t0 = time.perf_counter()
+            for s in range(0, data.shape[0], a.batch):
+                det.score_many(data[s:s + a.batch])
+                det.learn_many(data[s:s + a.batch])
+            rate = data.shape[0] / (time.perf_counter() - t0)
+            size = len(dumps(det.state_dict()))
+        else:
+            rate, size = _time_detector(make, data, a.batch)
+        ent = f"{size / 1024:,.1f} KiB" if name in per_entity else "0"
+        print(f"| {name:32} | {rate:>11,.0f} | {rate / ref:>6.1f}x {refname:>8} | {size / 1024:>6,.1f} KiB | {ent:>10} |")
+
+    cal = QuantileCalibrator()
+    sc = np.random.default_rng(0).standard_exponential(a.events)
+    cal.learn_many(sc[:1000])
+    cal.tail_probability(sc[:10])
+    cal = QuantileCalibrator()
+    t0 = time.perf_counter()
+    cal.learn_many(sc)
+    cal.tail_probability(sc)
+    rate = a.events / (time.perf_counter() - t0)
+    print(f"| {'QuantileCalibrator (learn+query)':32} | {rate:>11,.0f} | {'':>16} | "
+          f"{len(dumps(cal.state_dict())) / 1024:>6,.1f} KiB | {'0':>10} |")
+
+    print()
+    src, dst, t = _edges(a.edges)
+    print(f"| {'edge detector':32} | {'edges/s':>11} | {'state':>10} | per edge/entity |")
+    print(f"|{'-' * 34}|{'-' * 13}:|{'-' * 12}:|{'-' * 17}:|")
+    for cls in (MIDAS, MIDASR, MIDASF):
+        cls().score_edges(src[:100], dst[:100], t[:100])  # compile
+        det = cls()
+        t0 = time.perf_counter()
+        det.score_edges(src, dst, t)
+        rate = a.edges / (time.perf_counter() - t0)
+        size = len(dumps(det.state_dict()))
+        print(f"| {cls.__name__ + ' (2 x 1024 sketch)':32} | {rate:>11,.0f} | {size / 1024:>6,.1f} KiB | {'0':>15} |")
+        det = cls()
+        t0 = time.perf_counter()
+        for s in range(0, a.edges, 10_000):
+            det.score_edges(src[s:s + 10_000], dst[s:s + 10_000], t[s:s + 10_000])
+        rate = a.edges / (time.perf_counter() - t0)
+        print(f"| {cls.__name__ + ' in calls of 10k edges':32} | {rate:>11,.0f} | {'':>10} | {'':>15} |")
+
+
+if __name__ == "__main__":
+    main()
