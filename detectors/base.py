@@ -252,11 +252,16 @@ class Detector:
         Raises:
             NotImplementedError: when the method has no per-feature decomposition.
         """
+        if type(self)._explain is Detector._explain:
+            raise NotImplementedError(f"{type(self).__name__} has no per-feature explanation")
         X = self._v.matrix_from_dict(x, learning=False)
         if not self._ready():
             return {n: 0.0 for n in self._v.names()} if self._v.n_features_in_ else {}
         contrib = np.asarray(self._explain(X[0]), dtype=np.float64)
-        return {n: float(c) for n, c in zip(self._v.names(), contrib)}
+        names = self._v.names()
+        if self.univariate and self._v.feature_names_in_ is None and isinstance(x, Mapping):
+            names = [str(next(iter(x)))]  # univariate: the caller's key, whatever it is
+        return {n: float(c) for n, c in zip(names, contrib)}
 
     def _score_checked(self, A: np.ndarray) -> np.ndarray:
         if A.shape[0] == 0:

@@ -39,7 +39,7 @@ Parameters
 
 Memory
     Per detector: ``2 * n_trees * (2^(height+1) - 1) * 4`` bytes of masses plus
-    ``n_trees * 2^height * 16`` bytes of splits (1.0 MiB at the defaults), and
+    ``n_trees * 2^height * 16`` bytes of splits (0.8 MiB at the defaults), and
     ``window_size * d * 8`` bytes of buffer before the first window. Per
     event: none.
 

@@ -227,3 +227,19 @@ def test_docstring_examples_run(module):
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_explain_one_where_the_method_allows_it():
+    X = _data("loda")
+    for make in (lambda: OnlineGaussian(feature_names=NAMES), lambda: LODA(window_size=50, feature_names=NAMES)):
+        det = make()
+        assert det.explain_one({"a": 0.0, "b": 0.0, "c": 0.0}) == {"a": 0.0, "b": 0.0, "c": 0.0}  # no data yet
+        det.learn_many(X)
+        e = det.explain_one({"a": 0.0, "b": 12.0, "c": 0.0})
+        assert set(e) == set(NAMES) and max(e, key=e.get) == "b"
+    rz = RobustZScore()
+    rz.learn_many(_data("robust_median"))
+    assert rz.explain_one({"v": 10.0})["v"] == pytest.approx(rz.score_one({"v": 10.0}))
+    for make in (HalfSpaceTrees, DenStream, SlidingWindowIForest):
+        with pytest.raises(NotImplementedError):
+            make().explain_one({"a": 0.0, "b": 0.0, "c": 0.0})
