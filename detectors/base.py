@@ -155,7 +155,8 @@ class FeatureValidator:
 
     @staticmethod
     def _number(key: Any, val: Any) -> float:
-        if isinstance(val, bool) or not isinstance(val, (numbers.Real, np.number)):
+        # bools count as 0/1, as numpy converts them in arrays
+        if not isinstance(val, (numbers.Real, np.number, np.bool_)):
             raise ValueError(f"feature {key!r} is not a number: {val!r}")
         return float(val)
 

@@ -197,3 +197,17 @@ def test_bad_input():
         MIDASF(threshold=float("nan"))
     assert m.score_edges(np.array([], dtype=np.int64), np.array([], dtype=np.int64),
                          np.array([], dtype=np.int64)).shape == (0,)
+
+
+def test_hash_ids_are_stable_and_distinct():
+    from detectors.midas import hash_ids
+
+    ids = hash_ids(["acct-1", "acct-2", "acct-1", 42, b"x"])
+    assert ids.dtype == np.int64 and ids.shape == (5,)
+    assert ids[0] == ids[2] and ids[0] != ids[1]
+    assert ids[3] == hash_ids(["42"])[0]  # ints hash as their decimal text
+    # fixed across processes: BLAKE2b, not Python's salted hash()
+    import hashlib
+    assert ids[0] == int.from_bytes(hashlib.blake2b(b"acct-1", digest_size=8).digest(), "little", signed=True)
+    with pytest.raises(ValueError, match="position 0"):
+        hash_ids([None])
