@@ -121,6 +121,7 @@ def run_worker_backlog(settings: Settings, models: str, n_plays: int, workers: i
 ONE_STAGE = r'''
 import os, sys, time, faust
 bs, topic, n, partitions, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+sys.argv = [sys.argv[0]] + sys.argv[6:]
 app = faust.App("noop1-" + topic, broker=f"kafka://{bs}", value_serializer="raw", key_serializer="raw",
                 web_enabled=False, store="memory://", topic_disable_leader=True, topic_allow_declare=False,
                 consumer_auto_offset_reset="earliest", broker_rebalance_timeout=10, broker_session_timeout=6,
@@ -150,7 +151,7 @@ def run_one_stage(settings: Settings, n: int, tmp: Path) -> dict:
     out = tmp / "noop1.out"
     proc = subprocess.Popen([sys.executable, str(script), settings.bootstrap_servers, settings.topics.plays,
                              str(n), str(settings.partitions), str(out), "worker", "-l", "error"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
+                            stdout=open(tmp / "noop1.log", "wb"), stderr=subprocess.STDOUT, cwd=tmp)
     proc.wait(timeout=600)
     k, secs = out.read_text().split()
     return {"plays": n, "seconds": float(secs), "events_per_s": int(k) / float(secs)}

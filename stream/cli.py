@@ -61,13 +61,14 @@ def worker(
     s = _settings(bootstrap, **over)
     asyncio.run(ensure_topics(s))
     metrics = Metrics()
-    server, _ = metrics.serve(s.metrics_host, s.metrics_port)
-    typer.echo(f"metrics: http://{s.metrics_host}:{server.server_port}/metrics", err=True)
     from faust import Worker
 
     from stream.app import create_app
 
     fapp = create_app(s, metrics, models=models, audit_path=audit, audio=audio)
+    # serve /metrics only once every label value exists (readiness = all series present)
+    server, _ = metrics.serve(s.metrics_host, s.metrics_port)
+    typer.echo(f"metrics: http://{s.metrics_host}:{server.server_port}/metrics", err=True)
     Worker(fapp, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 

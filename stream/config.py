@@ -108,7 +108,7 @@ class Settings(BaseSettings):
 
     # Micro-batches
     batch_max_records: int = 2000
-    batch_within_s: float = 0.2
+    batch_within_s: float = 0.05
 
     # Time (CONVENTIONS.md, "Time")
     allowed_lateness_s: float = 3600.0

@@ -75,3 +75,12 @@ def test_rule_alert_deadletter_duplicates_and_metrics(worker):
     # every known label value exists before its first event
     assert "playguard_deadletter_total" in worker.scrape()
     assert worker.metric("playguard_deadletter_total", topic=s.topics.plays, reason="too_late") == 0
+
+
+def test_promtool_check_metrics_on_a_live_worker_scrape(worker):
+    from tests.test_deploy_tools import promtool_check_metrics
+
+    text = worker.scrape()
+    assert "playguard_events_consumed_total" in text and "playguard_build_info" in text
+    r = promtool_check_metrics(text)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -23,8 +23,9 @@ Account features (per touched account, after the batch):
 ``new_device_plays``        plays from a device first seen < 24 h ago on an
                             account older than 2 days (tau 12 h)
 ``new_ip_plays``            same for IPs; ``new_country_plays`` for countries
-``odd_hour_new_device``     sum over new-device plays of the hour's surprise
-                            ``max(0, -ln p(hour) - ln 24)``
+``odd_hour_new_device``     sum over plays from a new device, IP and country of
+                            the hour's surprise ``max(0, -ln p(hour) - ln 24)``
+``new_identity_plays``      plays from a new device, IP and country at once
 ``overlaps``                plays starting > 60 s before the previous play ended
                             on another device (two streams at once), tau 12 h
 ``country_switches``        consecutive plays < 2 h apart in different
@@ -60,7 +61,7 @@ TAU_WEEK = 7 * 86400.0
 FEATURE_NAMES = (
     "plays_1h", "plays_12h", "share_30_40", "skip_rate", "completion", "distinct_ratio",
     "repeat_ratio", "gap_cv", "active_hours_24h", "hour_entropy", "new_device_plays",
-    "new_ip_plays", "new_country_plays", "odd_hour_new_device", "overlaps",
+    "new_ip_plays", "new_country_plays", "odd_hour_new_device", "new_identity_plays", "overlaps",
     "country_switches", "ip_accounts", "device_accounts",
 )
 
@@ -69,7 +70,7 @@ _ACCOUNT_COLS = {
     "n1": ("f4", ()), "n12": ("f4", ()), "k3040": ("f4", ()), "kshort": ("f4", ()),
     "comp_n": ("f4", ()), "comp_s": ("f4", ()),
     "gap_n": ("f4", ()), "gap_s1": ("f4", ()), "gap_s2": ("f4", ()),
-    "newdev": ("f4", ()), "newip": ("f4", ()), "newctry": ("f4", ()), "oddhour": ("f4", ()),
+    "newdev": ("f4", ()), "newip": ("f4", ()), "newctry": ("f4", ()), "oddhour": ("f4", ()), "newall": ("f4", ()),
     "ovl": ("f4", ()), "travel": ("f4", ()),
     "hour_hist": ("f4", (24,)), "hour_seen": ("i4", (24,)),
     "last_ts": ("f8", ()), "last_end": ("f8", ()), "last_dev": ("u4", ()), "last_ctry": ("u4", ()),
@@ -159,7 +160,7 @@ class AccountFeatures:
         ref = np.maximum(c["t_ref"][slots], tmax)
         _decay(A, slots, ref, ("n1",), TAU_SHORT)
         _decay(A, slots, ref, ("n12", "k3040", "kshort", "comp_n", "comp_s", "gap_n", "gap_s1", "gap_s2",
-                               "newdev", "newip", "newctry", "oddhour", "ovl", "travel"), TAU_DAY)
+                               "newdev", "newip", "newctry", "oddhour", "newall", "ovl", "travel"), TAU_DAY)
         _decay(A, slots, ref, ("hour_hist",), TAU_WEEK)
         c["t_ref"][slots] = ref
         age = ref[inv] - ts
@@ -242,7 +243,8 @@ class AccountFeatures:
         add("newdev", wd * newdev)
         add("newip", wd * newip)
         add("newctry", wd * newctry)
-        add("oddhour", wd * newdev * odd)
+        add("oddhour", wd * (newdev & newip & newctry) * odd)
+        add("newall", wd * (newdev & newip & newctry))
         # ---- IP / device fan-in (distinct accounts, today + yesterday)
         ip_acc_ev = self._fanin(self.ips, self.ip_hll, batch.ip, a, ts, day)
         dev_acc_ev = self._fanin(self.devices, self.dev_hll, batch.device_id, a, ts, day)
@@ -272,14 +274,15 @@ class AccountFeatures:
         X[:, 11] = c["newip"][slots]
         X[:, 12] = c["newctry"][slots]
         X[:, 13] = c["oddhour"][slots]
-        X[:, 14] = c["ovl"][slots]
-        X[:, 15] = c["travel"][slots]
+        X[:, 14] = c["newall"][slots]
+        X[:, 15] = c["ovl"][slots]
+        X[:, 16] = c["travel"][slots]
         ipmax = np.zeros(m)
         np.maximum.at(ipmax, inv, ip_acc_ev)
         devmax = np.zeros(m)
         np.maximum.at(devmax, inv, dev_acc_ev)
-        X[:, 16] = ipmax
-        X[:, 17] = devmax
+        X[:, 17] = ipmax
+        X[:, 18] = devmax
         return slots, X, {"event_slot": a, "inv": inv, "ip_accounts_event": ip_acc_ev}
 
     def _novel(self, a, h, ts, key, tkey) -> np.ndarray:

@@ -19,19 +19,25 @@ Listener concentration is the share of today's listeners that are heavy:
 organic hits have many light listeners, paid boosts and stuffed playlists many
 heavy ones, a superfan one heavy listener.
 
-Lockstep: plays are counted per (track, 10-minute bucket) in rotating count-min
-sketches; a play is a *co-play* when at least ``co_min`` other plays of the
-same track fall in its bucket. Accounts whose plays are mostly co-plays move
-in lockstep.
+Lockstep: distinct accounts are counted per (track, 10-minute bucket) cell in
+rotating count-min sketches (an (account, cell) sketch admits each account once);
+a play is a *co-play* when at least ``co_min`` other accounts played the same
+track in its bucket and that count is improbable (Poisson tail < ``co_p``) at
+the track's own recent rate, so popular and viral tracks do not make co-plays.
+Accounts whose plays are mostly co-plays move in lockstep.
 
 Catalog-side account state (per account seen by this partition): decayed
-plays, co-plays and plays of new artists (first seen less than 3 days ago, and
-after this model's first 3 days, so a cold start is not "new").
+plays, co-plays, plays of new cold artists (first seen less than 3 days ago,
+after this model's first 3 days so a cold start is not "new", and with fewer
+than ``cold_listeners`` unique listeners: a thin-spread AI catalog, not a
+release many people hear), and plays of artists whose recent plays mostly
+(> ``loop_share``) end at 30-40 s (loop and payout-gaming catalogs).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import poisson
 
 from stream.batch import PlayBatch
 from stream.fraud.evidence import binom_llr
@@ -47,7 +53,7 @@ _ENT_COLS = {
     "day": ("i4", ()), "plays_day": ("i4", ()), "heavy": ("i4", ()), "first_seen": ("f8", ()),
     "t_ref": ("f8", ()), "base": ("f4", ()), "k3040": ("f4", ()), "n": ("f4", ()),
 }
-_ACC_COLS = {"t_ref": ("f8", ()), "n": ("f4", ()), "co": ("f4", ()), "newart": ("f4", ()),
+_ACC_COLS = {"t_ref": ("f8", ()), "n": ("f4", ()), "co": ("f4", ()), "newart": ("f4", ()), "loopart": ("f4", ()),
              "day": ("i4", ()), "boost": ("f4", ())}
 
 
@@ -115,25 +121,31 @@ class CatalogFeatures:
         ttl_s: inactivity (s) after which an entity's state is dropped.
         heavy_track, heavy_artist: plays per account per day that make a
             heavy listener of a track / an artist.
-        co_min: other plays of the same track in the same 10-min bucket that
-            make a co-play.
+        co_min: other accounts playing the same track in the same bucket that
+            make a co-play (with a Poisson tail below ``co_p``).
+        cold_listeners: unique listeners under which a new artist is "cold".
+        loop_share: 30-40 s share above which an artist is a loop catalog.
         bucket_s: lockstep bucket length (s).
         hll_p: HyperLogLog precision.
         cms_width: count-min width (power of two).
     """
 
     def __init__(self, ttl_s: float = 7 * DAY, heavy_track: int = 5, heavy_artist: int = 15,
-                 co_min: int = 4, bucket_s: int = 600, hll_p: int = 6, cms_width: int = 1 << 19):
+                 co_min: int = 2, co_p: float = 1e-3, cold_listeners: float = 20.0, loop_share: float = 0.3, bucket_s: int = 600, hll_p: int = 6, cms_width: int = 1 << 19):
         self.heavy_track = heavy_track
         self.heavy_artist = heavy_artist
         self.co_min = co_min
+        self.co_p = co_p
+        self.cold_listeners = cold_listeners
+        self.loop_share = loop_share
         self.bucket_s = bucket_s
         self.tracks = _EntityState(ttl_s, hll_p)
         self.artists = _EntityState(ttl_s, hll_p)
         self.accounts = SlotTable(_ACC_COLS, ttl_s)
         self.pair_track = RotatingCountMin(cms_width, 2, k=2)
         self.pair_artist = RotatingCountMin(cms_width, 2, k=2)
-        self.coplay = RotatingCountMin(cms_width, 2, k=4)
+        self.coplay = RotatingCountMin(1 << 16, 2, k=4)
+        self.coplay_acc = RotatingCountMin(1 << 17, 2, k=4)
         self.t0_: float = 0.0
 
     def update(self, batch: PlayBatch) -> dict:
@@ -173,15 +185,28 @@ class CatalogFeatures:
         _, ainv, acnt = np.unique(ka, return_inverse=True, return_counts=True)
         s_t, lt, ht = self.tracks.update(tr_ids, ts, day, ah, pt, kcnt[kinv], self.heavy_track, is3040)
         s_a, la, ha = self.artists.update(ar_ids, ts, day, ah, pa, acnt[ainv], self.heavy_artist, is3040)
-        # lockstep co-plays
+        # lockstep co-plays: distinct accounts per (track, bucket) cell, judged
+        # against the track's own recent rate (Poisson tail)
         bucket = (ts // self.bucket_s).astype(np.int64)
         kc = combine(self.tracks.table.hash_[s_t], bucket.astype(np.uint64))
         hour = bucket * self.bucket_s // 3600
-        self.coplay.add(kc, hour)
-        co = self.coplay.query(kc, hour) - 1
+        k3 = combine(kc, ah)
+        seen = self.coplay_acc.query(k3, hour)
+        self.coplay_acc.add(k3, hour)
+        _, first3 = np.unique(k3, return_index=True)
+        newcell = first3[seen[first3] == 0]
+        self.coplay.add(kc[newcell], hour[newcell])
+        cnt = self.coplay.query(kc, hour)
+        lam = np.maximum(self.tracks.table.cols_["n"][s_t].astype(np.float64) / TAU_DAY * self.bucket_s, 0.01)
+        co = cnt - 1
+        cop = (co >= self.co_min) & (poisson.sf(cnt - 1, lam) < self.co_p)
         # newness of the artist
         afs = self.artists.table.cols_["first_seen"][s_a]
-        new_artist = (ts - afs < NEW_S) & (afs > self.t0_ + NEW_S)
+        new_artist = (ts - afs < NEW_S) & (afs > self.t0_ + NEW_S) & (la < self.cold_listeners)
+        # artists whose recent plays mostly end at 30-40 s (loop / payout catalogs)
+        ac = self.artists.table.cols_
+        an = ac["n"][s_a].astype(np.float64)
+        loop_art = (an >= 20) & (ac["k3040"][s_a] > self.loop_share * an)
         # catalog-side account counters
         c = self.accounts.cols_
         ua, uinv = np.unique(acc, return_inverse=True)
@@ -193,11 +218,12 @@ class CatalogFeatures:
         w = np.exp(-(ref[uinv] - ts) / TAU_DAY)
         m = len(ua)
         c["n"][ua] = c["n"][ua] * f + np.bincount(uinv, w, m).astype(np.float32)
-        c["co"][ua] = c["co"][ua] * f + np.bincount(uinv, w * (co >= self.co_min), m).astype(np.float32)
+        c["co"][ua] = c["co"][ua] * f + np.bincount(uinv, w * cop, m).astype(np.float32)
         c["newart"][ua] = c["newart"][ua] * f + np.bincount(uinv, w * new_artist, m).astype(np.float32)
+        c["loopart"][ua] = c["loopart"][ua] * f + np.bincount(uinv, w * loop_art, m).astype(np.float32)
         return dict(idx=idx, acc=acc, uacc=ua, uinv=uinv, track=s_t, artist=s_a, ts=ts, day=day,
                     track_listeners=lt, track_heavy=ht, artist_listeners=la, artist_heavy=ha,
-                    pair_track=pt, pair_artist=pa, co=co, cokey=kc, new_artist=new_artist)
+                    pair_track=pt, pair_artist=pa, co=co, coplay=cop, cokey=kc, new_artist=new_artist)
 
     def concentration_llr(self, heavy: np.ndarray, listeners: np.ndarray, p0: float, min_heavy: int) -> np.ndarray:
         """Binomial LLR that the heavy share of listeners exceeds ``p0``,
@@ -220,7 +246,7 @@ class CatalogFeatures:
         b = self.accounts.nbytes()
         for ent in (self.tracks, self.artists):
             b += ent.table.nbytes() + sum(h.reg_.nbytes for h in ent.hll)
-        for r in (self.pair_track, self.pair_artist, self.coplay):
+        for r in (self.pair_track, self.pair_artist, self.coplay, self.coplay_acc):
             b += sum(x.table_.nbytes for x in r.banks)
         return b
 
@@ -231,7 +257,7 @@ class CatalogFeatures:
             "artists": self.artists.table.state_dict(), "artist_hll": [h.reg_ for h in self.artists.hll],
             "accounts": self.accounts.state_dict(),
             "pair_track": self.pair_track.state_dict(), "pair_artist": self.pair_artist.state_dict(),
-            "coplay": self.coplay.state_dict(), "t0": self.t0_,
+            "coplay": self.coplay.state_dict(), "coplay_acc": self.coplay_acc.state_dict(), "t0": self.t0_,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -246,4 +272,5 @@ class CatalogFeatures:
         self.pair_track.load_state_dict(state["pair_track"])
         self.pair_artist.load_state_dict(state["pair_artist"])
         self.coplay.load_state_dict(state["coplay"])
+        self.coplay_acc.load_state_dict(state["coplay_acc"])
         self.t0_ = float(state["t0"])

@@ -10,8 +10,8 @@ the label. Every account, benign or not, gets stable values from here:
 * mobile plays (about 20 %) through carrier-grade NAT pools shared by a few
   accounts;
 * benign travel (about 5 % of accounts: a few days abroad, same device, new IP
-  and country) and benign VPN use (about 3 %: some sessions through shared
-  VPN exit IPs in another country).
+  and country) and benign VPN use (about 3 %: some sessions through one or two
+  favourite shared VPN exits in other countries).
 
 Fraud scenarios draw from the same generators (plus datacenter / proxy pools),
 so no field's presence or format tells fraud from benign.
@@ -86,10 +86,11 @@ def assign_network(rng: np.random.Generator, ts: np.ndarray, ident: dict, pool: 
     dev_i = (rng.random(nsess) < 0.3).astype(int) % len(ident["devices"])
     ip = np.where(mobile, ident["cgnat"], ident["home_ip"]).astype(object)
     ctry = np.full(nsess, ident["country"], object)
-    if vpn:
+    if vpn:  # a favourite exit or two, some sessions
+        exits = [pool.vpn[int(i)] for i in rng.integers(0, len(pool.vpn), 2)]
         on = rng.random(nsess) < 0.15
         for s in np.flatnonzero(on):
-            vip, vc = pool.vpn[int(rng.integers(len(pool.vpn)))]
+            vip, vc = exits[int(rng.random() < 0.3)]
             ip[s], ctry[s] = vip, vc
     if travel and n:
         t0 = ts[0] + rng.random() * max(ts[-1] - ts[0] - 4 * 86400, 1)

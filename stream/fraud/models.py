@@ -67,7 +67,8 @@ class FraudParams:
     hst_free: float = 0.9
     # catalog stage
     p_heavy: float = 0.1             # benign share of heavy listeners of a track / artist
-    min_heavy: int = 5               # heavy listeners before concentration counts
+    min_heavy: int = 3               # heavy listeners before concentration counts
+    p_loop_catalog: float = 0.02     # benign share of plays on artists whose plays mostly end at 30-40 s
     p_coplay: float = 0.05
     p_new_artist: float = 0.25
     track_alert: float = 20.0        # nats for a track_boost alert
@@ -80,6 +81,7 @@ def _feature_dict(pairs) -> dict:
 
 def _alert(detector, entity_type, entity_id, t, score, reasons, features, evidence, record_ts, threshold):
     ws, we = window_bounds(t, ALERT_WINDOW_S)
+    evidence = {**evidence, "last_event_ts": float(t)}
     sev = Severity.error if score >= 3 * threshold else Severity.warning
     a = Alert(
         alert_id=window_alert_id(detector, entity_type, entity_id, ws, we),
@@ -168,8 +170,8 @@ class AccountFraudModel:
             "share_30_40": binom_llr(c["k3040"][slots].astype(np.float64), n12, p.p_3040),
             "active_hours_24h": 2.0 * np.maximum(F["active_hours_24h"] - p.active_hours_free, 0.0),
             "gap_cv": np.where(gap_n >= 10, 40.0 * np.maximum(p.gap_cv_max - cv, 0.0), 0.0),
-            "odd_hour_new_device": 0.5 * F["odd_hour_new_device"] + np.minimum(F["new_device_plays"], F["new_country_plays"]),
-            "country_switches": 3.0 * np.maximum(F["country_switches"] - 1.0, 0.0),
+            "odd_hour_new_device": 0.5 * F["odd_hour_new_device"] + F["new_identity_plays"],
+            "country_switches": 3.0 * np.maximum(F["country_switches"] - 3.0, 0.0),
             "overlaps": 2.0 * np.maximum(F["overlaps"] - 1.0, 0.0),
             "ip_accounts": 0.5 * np.log(np.maximum(F["ip_accounts"] / p.ip_accounts_free, 1.0)) * np.minimum(n12, 30.0),
             "device_accounts": 2.0 * np.maximum(F["device_accounts"] - p.device_accounts_free, 0.0),
@@ -331,6 +333,7 @@ class CatalogFraudModel:
             "listener_concentration": c["boost"][ua].astype(np.float64),
             "coplay_share": binom_llr(c["co"][ua].astype(np.float64), n, p.p_coplay),
             "new_artist_share": binom_llr(c["newart"][ua].astype(np.float64), n, p.p_new_artist),
+            "loop_catalog_share": binom_llr(c["loopart"][ua].astype(np.float64), n, p.p_loop_catalog),
         }
         score = np.sum(list(terms.values()), axis=0)
         if self.score_sink is not None:
@@ -340,7 +343,8 @@ class CatalogFraudModel:
         ts, idx = u["ts"], u["idx"]
         rts = np.asarray(batch.record_ts)[idx]
         ids = F.accounts.ids_
-        typical = {"listener_concentration": p.p_heavy, "coplay_share": p.p_coplay, "new_artist_share": p.p_new_artist}
+        typical = {"listener_concentration": p.p_heavy, "coplay_share": p.p_coplay,
+                   "new_artist_share": p.p_new_artist, "loop_catalog_share": p.p_loop_catalog}
         for j in np.flatnonzero(score >= p.threshold).tolist():
             acc = ids[ua[j]]
             evj = np.flatnonzero(uinv == j)
@@ -351,7 +355,8 @@ class CatalogFraudModel:
             top = [k for v, k in contrib if v >= 1.0][:3]
             actual = {"listener_concentration": float(ev_boost[evj].max()),
                       "coplay_share": float(c["co"][ua[j]] / max(n[j], 1e-9)),
-                      "new_artist_share": float(c["newart"][ua[j]] / max(n[j], 1e-9))}
+                      "new_artist_share": float(c["newart"][ua[j]] / max(n[j], 1e-9)),
+                      "loop_catalog_share": float(c["loopart"][ua[j]] / max(n[j], 1e-9))}
             kb = int(evj[np.argmax(ev_boost[evj])])
             alerts.append(_alert(
                 "catalog_account", "account", acc, t, score[j], top,
@@ -405,7 +410,7 @@ class CatalogFraudModel:
         p = self.params
         uinv = u["uinv"]
         flagged = co_term >= p.threshold
-        sel = np.flatnonzero(flagged[uinv] & (u["co"] >= self.features.co_min))
+        sel = np.flatnonzero(flagged[uinv] & u["coplay"])
         if len(sel) < p.group_min:
             return []
         acc_ids = [batch.account_id[u["idx"][i]] for i in sel.tolist()]

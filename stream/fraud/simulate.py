@@ -5,8 +5,8 @@ piece and shifts it by whole days onto a common window (each user keeps their
 hour of day and own timing, CONVENTIONS.md "Replay"). :func:`simulate` then:
 
 1. grows the benign background to ``n_accounts`` with clones of real users:
-   shifted by whole days inside the window (wrapping around), offset by up to
-   +-30 min and jittered by seconds, 10-30 % of plays dropped, 25 % of tracks
+   shifted by whole days inside the window (wrapping around), offset by a
+   distinct multiple of 23 min (within +-3 h) per clone of a user, jittered by seconds, 10-30 % of plays dropped, 25 % of tracks
    swapped for popular ones, new identities. Different shifts and offsets keep
    clones of one user out of lockstep with each other;
 2. gives every account, benign or not, stable synthetic IP, device and country
@@ -32,7 +32,7 @@ import numpy as np
 
 from stream.batch import PlayBatch, UNKNOWN_IDS
 from stream.fraud.identities import IdentityPool, assign_network, rand_account
-from stream.fraud.scenarios import BOT_RATE, HARD_NEGATIVES, LEVELS, SCENARIOS, Context, generate, hard_negative
+from stream.fraud.scenarios import BOT_RATE, MIN_BOTS, HARD_NEGATIVES, LEVELS, SCENARIOS, Context, generate, hard_negative
 from stream.schemas import play_event_id
 
 DAY = 86400.0
@@ -199,12 +199,18 @@ def simulate(background: PlayBatch, *, n_accounts: int = 1000, fraud_share: floa
     n_clones = max(0, n_accounts - len(real_accounts))
     clone_src = rng.choice(real_accounts, n_clones)
     clones = []
+    # clones of one user get distinct offsets on a 23-min grid within +-3 h, so
+    # routine listeners' clones never share (track, 10-min bucket) cells
+    grid = np.r_[np.arange(-7, 0), np.arange(1, 8)] * 23 * 60.0
+    offsets = {a: list(rng.permutation(grid)) for a in real_accounts}
     for src in clone_src.tolist():
         idx = by_acc[src]
         keep = idx[rng.random(len(idx)) > rng.uniform(0.1, 0.3)]
         c = _cols(background, keep)
         k = int(rng.integers(1, max(2, span_days)))
-        ts = t0 + np.mod(c["ts"] - t0 + k * DAY, span) + rng.uniform(-1800, 1800) + rng.normal(0, 3, len(keep))
+        if not offsets[src]:
+            offsets[src] = list(rng.permutation(grid))
+        ts = t0 + np.mod(c["ts"] - t0 + k * DAY, span) + offsets[src].pop() + rng.normal(0, 3, len(keep))
         c["ts"] = np.clip(ts, t0, t1 - 1)
         swap = rng.random(len(keep)) < 0.25
         fill = [popular[i] for i in rng.choice(len(popular), int(swap.sum()), p=pop_p)]
@@ -250,7 +256,7 @@ def simulate(background: PlayBatch, *, n_accounts: int = 1000, fraud_share: floa
             a0 = t0 - DAY
             a1 = min(t1, a0 + float(np.clip(budget / (k * eff) * DAY, 1.5 * DAY, span)))
         else:
-            k = max(4, int(round(budget / (eff * 2))))
+            k = max(MIN_BOTS.get(s, 4), int(round(budget / (eff * 2))))
             if s == "hijack":
                 k = max(4, min(k, 12))
             dur = float(np.clip(budget / (k * eff) * DAY, 6 * 3600, 3 * DAY))
