@@ -30,4 +30,32 @@ __all__ = [
     "MIDASR",
     "MIDASF",
     "RobustZScore",
+    "warm_up",
 ]
+
+
+def warm_up() -> float:
+    """Compile every numba kernel now (first calls otherwise pay it); returns the seconds spent.
+
+    Kernels are compiled per process and not cached on disk (numba's cache uses pickle).
+    A stream worker can call this at start-up, before consuming.
+    """
+    import time
+
+    import numpy as np
+
+    t0 = time.perf_counter()
+    X = np.random.default_rng(0).normal(size=(64, 2))
+    for det in (HalfSpaceTrees(n_trees=1, height=2, window_size=8), LODA(n_projections=2, window_size=8),
+                OnlineGaussian(), DenStream(), RobustZScore(period=4),
+                SlidingWindowIForest(window_size=32, refit_every=32, warmup=16, n_estimators=4)):
+        Z = X[:, :1] if det.univariate else X
+        det.learn_many(Z)
+        det.score_many(Z)
+    e = np.arange(1, 9, dtype=np.int64)
+    for m in (MIDAS(n_buckets=8), MIDASR(n_buckets=8), MIDASF(n_buckets=8)):
+        m.score_edges(e, e, e)
+    cal = QuantileCalibrator(buffer_size=8)
+    cal.learn_many(X[:, 0])
+    cal.tail_probability(X[:2, 0])
+    return time.perf_counter() - t0

@@ -91,8 +91,10 @@ def _learn_kernel(X, feat, split, L, R, state, window, height):
         cnt += stop - start
         start = stop
         if cnt == window:
-            R[:, :] = L
-            L[:, :] = 0
+            for t in range(T):
+                for j in range(L.shape[1]):
+                    R[t, j] = L[t, j]
+                    L[t, j] = 0
             cnt = 0
             state[1] += 1
     state[0] = cnt

@@ -127,7 +127,9 @@ def _run_normal(src, dst, t, salts, cur, tot, tick, out):
     for k in range(src.shape[0]):
         tk = t[k]
         if tk > now:
-            cur[:, :] = 0.0
+            for i in range(r):
+                for j in range(c):
+                    cur[i, j] = 0.0
             now = tk
         a = np.inf
         s = np.inf
@@ -151,7 +153,10 @@ def _run_relational(src, dst, t, salts, cur, tot, factor, tick, out):
     for k in range(src.shape[0]):
         tk = t[k]
         if tk > now:
-            cur *= factor
+            for q in range(3):
+                for i in range(r):
+                    for j in range(c):
+                        cur[q, i, j] *= factor
             now = tk
         tf = float(tk)
         best = 0.0
@@ -194,7 +199,7 @@ def _run_filtering(src, dst, t, salts, cur, tot, scr, factor, threshold, tick, r
                             tot[q, i, j] += cur[q, i, j]
                         else:
                             tot[q, i, j] += tot[q, i, j] * rec
-            cur *= factor
+                        cur[q, i, j] *= factor
             rec = 1.0 / (tk - 1.0)
             now = tk
         tf = float(tk)

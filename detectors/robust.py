@@ -81,23 +81,12 @@ _K = 1.4826  # MAD -> standard deviation under normality
 
 
 @nb.njit
-def _learn_kernel(x, median_mode, alpha, season_alpha, clip, min_scale, rel_min_scale, f, buf, seas, n_arr):
-    # f = [level, mad, var]; n_arr = [values learned]
-    warmup = buf.shape[0]
+def _learn_kernel(x, median_mode, alpha, season_alpha, clip, min_scale, rel_min_scale, f, seas, n_arr):
+    # Values after the warm-up. f = [level, mad, var]; n_arr = [values learned]
     period = seas.shape[0]
     n = n_arr[0]
     for k in range(x.shape[0]):
         v = x[k]
-        if n < warmup:
-            buf[n] = v
-            n += 1
-            if n == warmup:
-                med = np.median(buf)
-                mad = np.median(np.abs(buf - med))
-                f[0] = med
-                f[1] = mad
-                f[2] = (_K * mad) ** 2
-            continue
         ph = n % period if period > 0 else 0
         season = seas[ph] if period > 0 else 0.0
         level = f[0]
@@ -192,8 +181,20 @@ class RobustZScore(Detector):
         return self.n_seen_ >= 2
 
     def _learn(self, X: np.ndarray) -> None:
-        _learn_kernel(np.ascontiguousarray(X[:, 0]), self.method == "median", self.alpha, self.season_alpha,
-                      self.clip, self.min_scale, self.rel_min_scale, self._f, self._buf, self._seas, self._n)
+        x = np.ascontiguousarray(X[:, 0])
+        n = self.n_seen_
+        if n < self.warmup:  # exact median and MAD of the first values start the running estimates
+            k = min(self.warmup - n, x.size)
+            self._buf[n:n + k] = x[:k]
+            self._n[0] = n + k
+            if n + k == self.warmup:
+                med = float(np.median(self._buf))
+                mad = float(np.median(np.abs(self._buf - med)))
+                self._f[:] = (med, mad, (_K * mad) ** 2)
+            x = x[k:]
+        if x.size:
+            _learn_kernel(x, self.method == "median", self.alpha, self.season_alpha, self.clip, self.min_scale,
+                          self.rel_min_scale, self._f, self._seas, self._n)
 
     def _level_scale(self) -> tuple[float, float]:
         n = self.n_seen_
