@@ -84,9 +84,6 @@ import numpy as np
 
 __all__ = ["MIDAS", "MIDASR", "MIDASF", "hash_ids"]
 
-_GOLD = np.uint64(0x9E3779B97F4A7C15)
-
-
 @nb.njit(inline="always")
 def _mix(z):
     # splitmix64 finaliser (Steele, Lea, Flood 2014); uint64 arithmetic wraps.
@@ -122,7 +119,6 @@ def _chi2_prev(a, s, t):
 @nb.njit
 def _run_normal(src, dst, t, salts, cur, tot, tick, out):
     r, c = cur.shape
-    idx = np.empty(r, dtype=np.int64)
     now = tick[0]
     for k in range(src.shape[0]):
         tk = t[k]
