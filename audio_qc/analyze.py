@@ -1,0 +1,198 @@
+"""The QC of one file, in-process: integrity, decode, measurements, defects.
+
+:func:`analyze_path` is what the sandboxed child (:mod:`audio_qc.child`)
+runs; :func:`audio_qc.check.check_file` is the public, sandboxed entry point.
+It returns a plain JSON-able dict (no numpy types) with the QC report fields
+that the child knows: ``decoder``, ``codec``, ``duration_s``,
+``sample_rate_hz``, ``channels``, ``measurements``, ``defects``, and
+``finished`` (False when a resource limit stopped QC).
+
+Declared-metadata checks (``sample_rate_mismatch``, ``channel_mismatch``,
+``duration_mismatch``) and delivery-profile checks are pure functions of the
+report and live here too, so the parent can apply them without decoding.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from audio_qc import integrity, loudness, signal_checks
+from audio_qc.decode import LOSSY_CODECS, DecodeError, ResourceLimit, decode
+from audio_qc.profiles import DeliveryProfile
+from stream.schemas import AudioIngested, Defect, Severity
+
+#: Version of the QC algorithms and thresholds; part of every audio alert id.
+QC_VERSION = "qc-1.0.0"
+
+
+def _r(v: float | None, nd: int = 3) -> float | None:
+    if v is None or not math.isfinite(v):
+        return None
+    return round(float(v), nd)
+
+
+def _defect(code: str, severity: Severity, detail: str, start: float | None = None, end: float | None = None) -> dict:
+    return Defect(code=code, severity=severity, detail=detail, start_s=start, end_s=end).model_dump(mode="json")
+
+
+def measure_and_check(x: np.ndarray, sr: int, codec: str | None, th=signal_checks.DEFAULT_THRESHOLDS) -> tuple[dict, list[dict]]:
+    """Measurements and signal defects of decoded audio.
+
+    Args:
+        x: float32, shape (n_samples, n_channels), full scale 1.0.
+        sr: sample rate, Hz.
+        codec: codec name (decides which bandwidth is explained).
+
+    Returns:
+        ``(measurements, defects)``: a dict with the fields of
+        :class:`stream.schemas.QCMeasurements` (None where undefined) and a
+        list of defect dicts.
+    """
+    n, c = x.shape
+    dur = n / sr
+    ch = np.ascontiguousarray(x.T)
+    csum, bounds = loudness.subblock_power(ch, sr, channel_major=True)
+    lres = loudness.measure_loudness_from_power(csum, bounds)
+    tp = np.array([loudness.true_peak_channel(ch[i], sr) for i in range(c)])
+    peak = np.array([max(float(ch[i].max()), -float(ch[i].min())) for i in range(c)])
+    dc = np.array([float(ch[i].mean(dtype=np.float64)) for i in range(c)])
+    corr = None
+    if c >= 2:
+        l, r = ch[0], ch[1]
+        lm, rm = float(dc[0]), float(dc[1])
+        sll = float(np.dot(l, l)) - n * lm * lm
+        srr = float(np.dot(r, r)) - n * rm * rm
+        slr = float(np.dot(l, r)) - n * lm * rm
+        if sll > 0 and srr > 0:
+            corr = max(-1.0, min(1.0, slr / math.sqrt(sll * srr)))
+    meas = {
+        "integrated_lufs": _r(lres.integrated_lufs),
+        "loudness_range_lu": _r(lres.loudness_range_lu),
+        "max_momentary_lufs": _r(lres.max_momentary_lufs),
+        "max_short_term_lufs": _r(lres.max_short_term_lufs),
+        "true_peak_dbtp": _r(loudness.db(float(tp.max()))),
+        "sample_peak_dbfs": _r(loudness.db(float(peak.max()))),
+        "dc_offset": [round(float(v), 5) for v in dc],
+        "lr_correlation": _r(corr),
+    }
+    blk = signal_checks.block_loudness(csum, bounds)
+    defects: list[Defect] = []
+    sil = signal_checks.check_silence(blk, lres.max_momentary_lufs, dur, float(peak.max()), th)
+    defects += sil
+    defects += signal_checks.check_dc(dc, th)
+    if not any(d.code == "silence" for d in sil):
+        defects += signal_checks.check_clipping(ch, peak, th)
+        defects += signal_checks.check_gaps(ch, sr, blk, th)
+        defects += signal_checks.check_clicks(ch, sr, th)
+        low = signal_checks.low_band_correlation(ch, sr)
+        defects += signal_checks.check_stereo(ch, corr, low, th)
+        lossy = (codec or "").lower() in LOSSY_CODECS
+        cutoff = signal_checks.spectral_cutoff(ch, sr, th)
+        defects += signal_checks.check_bandwidth(cutoff, sr, codec, lossy, th)
+    return meas, [d.model_dump(mode="json") for d in defects]
+
+
+def analyze_path(path: Path, *, memory_budget_bytes: int, ffmpeg_timeout_s: float = 60.0) -> dict:
+    """Integrity checks, decode, measurements and signal defects of one file.
+
+    Never raises on bad audio: undecodable or damaged input becomes a
+    ``decode_error`` or ``truncated`` defect; a file too large for the memory
+    budget returns ``finished=False`` (outcome ``error``).
+
+    Args:
+        path: file to check (already resolved inside the allowed roots).
+        memory_budget_bytes: largest decoded float32 size allowed, bytes.
+        ffmpeg_timeout_s: wall-clock limit of each ffmpeg subprocess, seconds.
+    """
+    out: dict = {"decoder": None, "codec": None, "duration_s": None, "sample_rate_hz": None,
+                 "channels": None, "measurements": {}, "defects": [], "finished": True}
+    size = path.stat().st_size
+    if size == 0:
+        out["defects"].append(_defect("decode_error", Severity.critical, "empty file (0 bytes)"))
+        return out
+    with open(path, "rb") as fh:
+        data = fh.read()
+    fmt = integrity.sniff_format(data[:16])
+    findings: list[integrity.Finding] = []
+    try:
+        if fmt == "ogg":
+            findings, _ = integrity.check_ogg(data)
+        elif fmt == "wav":
+            findings = integrity.check_wav(data)
+        elif fmt in ("flac", "mp3"):
+            findings = integrity.check_with_ffmpeg(path, ffmpeg_timeout_s, fmt)
+    except Exception as exc:  # a checker bug must not hide the decode result  # noqa: BLE001
+        findings = [integrity.Finding("decode_error", f"integrity check failed: {type(exc).__name__}")]
+    del data
+    for f in findings:
+        sev = Severity.error if f.code == "truncated" else Severity.critical
+        out["defects"].append(_defect(f.code, sev, f.detail))
+    try:
+        dec = decode(path, memory_budget_bytes, ffmpeg_timeout_s)
+    except ResourceLimit as exc:
+        out["finished"] = False
+        out["defects"].append(_defect("decode_error", Severity.critical, f"sandbox limit: {exc}"))
+        return out
+    except DecodeError as exc:
+        if not any(d["code"] == "decode_error" for d in out["defects"]):
+            out["defects"].append(_defect("decode_error", Severity.critical, str(exc)[:400]))
+        return out
+    except Exception as exc:  # noqa: BLE001
+        out["defects"].append(_defect("decode_error", Severity.critical, f"{type(exc).__name__}: {str(exc)[:300]}"))
+        return out
+    out.update(decoder=dec.decoder, codec=dec.codec, duration_s=round(dec.duration_s, 3),
+               sample_rate_hz=dec.sample_rate, channels=dec.channels)
+    if dec.declared_frames and dec.declared_frames > dec.samples.shape[0] * 1.01 + dec.sample_rate * 0.1:
+        if not any(d["code"] == "truncated" for d in out["defects"]):
+            out["defects"].append(_defect(
+                "truncated", Severity.error,
+                f"header declares {dec.declared_frames / dec.sample_rate:.2f} s, "
+                f"{dec.duration_s:.2f} s decoded", round(dec.duration_s, 3), None))
+    meas, defects = measure_and_check(dec.samples, dec.sample_rate, dec.codec)
+    out["measurements"] = meas
+    out["defects"] += defects
+    return out
+
+
+def declared_defects(result: dict, declared: AudioIngested | None) -> list[dict]:
+    """Mismatch defects between decoded and declared metadata.
+
+    ``sample_rate_mismatch`` and ``channel_mismatch`` (error) on any
+    difference; ``duration_mismatch`` (warning) when the durations differ by
+    more than max(1 s, 1 %).
+    """
+    if declared is None or result.get("sample_rate_hz") is None:
+        return []
+    out = []
+    if declared.sample_rate_hz is not None and declared.sample_rate_hz != result["sample_rate_hz"]:
+        out.append(_defect("sample_rate_mismatch", Severity.error,
+                           f"declared {declared.sample_rate_hz} Hz, file is {result['sample_rate_hz']} Hz"))
+    if declared.channels is not None and declared.channels != result["channels"]:
+        out.append(_defect("channel_mismatch", Severity.error,
+                           f"declared {declared.channels} channel(s), file has {result['channels']}"))
+    if declared.duration_s is not None and result.get("duration_s") is not None:
+        diff = abs(declared.duration_s - result["duration_s"])
+        if diff > max(1.0, 0.01 * declared.duration_s):
+            out.append(_defect("duration_mismatch", Severity.warning,
+                               f"declared {declared.duration_s:.2f} s, file is {result['duration_s']:.2f} s"))
+    return out
+
+
+def profile_defects(measurements: dict, profile: DeliveryProfile) -> list[dict]:
+    """``loudness_out_of_range`` and ``true_peak_over`` against a profile
+    (warnings: compliance findings about the level, not damage)."""
+    out = []
+    il = measurements.get("integrated_lufs")
+    if il is not None and abs(il - profile.target_lufs) > profile.tolerance_lu:
+        out.append(_defect("loudness_out_of_range", Severity.warning,
+                           f"integrated {il:.1f} LUFS, profile {profile.name} wants "
+                           f"{profile.target_lufs:.0f} +- {profile.tolerance_lu:g} LU"))
+    tp = measurements.get("true_peak_dbtp")
+    if tp is not None and tp > profile.max_true_peak_dbtp:
+        out.append(_defect("true_peak_over", Severity.warning,
+                           f"true peak {tp:+.1f} dBTP over the {profile.name} ceiling "
+                           f"{profile.max_true_peak_dbtp:+.1f} dBTP"))
+    return out
