@@ -30,8 +30,9 @@ Catalog-side account state (per account seen by this partition): decayed
 plays, co-plays, plays of new cold artists (first seen less than 3 days ago,
 after this model's first 3 days so a cold start is not "new", and with fewer
 than ``cold_listeners`` unique listeners: a thin-spread AI catalog, not a
-release many people hear), and plays of artists whose recent plays mostly
-(> ``loop_share``) end at 30-40 s (loop and payout-gaming catalogs).
+release many people hear; only an account's first play of a track each day
+counts), and its own 30-40 s plays of artists (with 3+ listeners) whose recent
+plays mostly (> ``loop_share``) end at 30-40 s (loop and payout-gaming catalogs).
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class CatalogFeatures:
     """
 
     def __init__(self, ttl_s: float = 7 * DAY, heavy_track: int = 5, heavy_artist: int = 15,
-                 co_min: int = 2, co_p: float = 1e-3, cold_listeners: float = 20.0, loop_share: float = 0.3, bucket_s: int = 600, hll_p: int = 6, cms_width: int = 1 << 19):
+                 co_min: int = 3, co_p: float = 1e-3, cold_listeners: float = 20.0, loop_share: float = 0.3, bucket_s: int = 600, hll_p: int = 6, cms_width: int = 1 << 19):
         self.heavy_track = heavy_track
         self.heavy_artist = heavy_artist
         self.co_min = co_min
@@ -202,11 +203,14 @@ class CatalogFeatures:
         cop = (co >= self.co_min) & (poisson.sf(cnt - 1, lam) < self.co_p)
         # newness of the artist
         afs = self.artists.table.cols_["first_seen"][s_a]
-        new_artist = (ts - afs < NEW_S) & (afs > self.t0_ + NEW_S) & (la < self.cold_listeners)
+        # first play today of a track of a new, cold artist (a superfan replaying
+        # an album counts each track once a day; a thin-spread farm every play)
+        new_artist = ((ts - afs < NEW_S) & (afs > self.t0_ + NEW_S) & (la < self.cold_listeners)
+                      & (pt - kcnt[kinv] < 1))
         # artists whose recent plays mostly end at 30-40 s (loop / payout catalogs)
         ac = self.artists.table.cols_
         an = ac["n"][s_a].astype(np.float64)
-        loop_art = (an >= 20) & (ac["k3040"][s_a] > self.loop_share * an)
+        loop_art = (an >= 20) & (ac["k3040"][s_a] > self.loop_share * an) & (la >= 3) & is3040
         # catalog-side account counters
         c = self.accounts.cols_
         ua, uinv = np.unique(acc, return_inverse=True)

@@ -44,7 +44,7 @@ LEVELS = ("L0", "L1", "L2")
 #: Fewest bot accounts per scenario instance: boosts, click farms, lockstep
 #: farms and stuffed playlists are many accounts by nature (issue 11: up to
 #: 10,000 accounts on 63 tracks; farms of hundreds).
-MIN_BOTS = {"boost": 20, "click_farm": 30, "lockstep": 8, "playlist_stuffing": 10}
+MIN_BOTS = {"boost": 20, "click_farm": 30, "lockstep": 12, "playlist_stuffing": 10}
 #: Plays per bot per day at full activity (roughly; L2 has fewer active hours).
 BOT_RATE = {"ai_farm": 600, "loop30": 2000, "boost": 300, "lockstep": 400, "click_farm": 300,
             "vpn_geo": 300, "hijack": 60, "playlist_stuffing": 400, "payout_gaming": 1500, "long_farm": 800}
