@@ -20,7 +20,9 @@ Method
     complete.
 
     Because ``r`` changes only at window ends, scoring is deterministic between
-    them. Learning and scoring are compiled loops (numba) over rows and trees,
+    them: after each window the score of every leaf (the ``r * 2^depth`` of
+    the first qualifying node on its path) is tabulated, and scoring walks each
+    tree to a leaf without branches. Learning and scoring are compiled loops (numba) over rows and trees,
     so ``learn_many`` leaves exactly the state of a ``learn_one`` loop and
     ``score_many`` equals a ``score_one`` loop. The trees are drawn from
     ``numpy.random.default_rng(seed)`` when the work range is known.
@@ -101,23 +103,63 @@ def _learn_kernel(X, feat, split, L, R, state, window, height):
 
 
 @nb.njit
-def _score_kernel(X, feat, split, R, height, size_limit, norm, out):
+def _leaf_table(R, height, size_limit, out):
+    # out[t, leaf] = r * 2^depth of the first node on the root-to-leaf path with
+    # depth == height or r < size_limit: the tree's score of any x reaching that leaf.
+    T, n_nodes = R.shape
+    n_int = 2 ** height - 1
+    val = np.empty(n_nodes)
+    done = np.empty(n_nodes, dtype=np.bool_)
+    for t in range(T):
+        p2 = 1.0
+        for k in range(height + 1):
+            for node in range(2 ** k - 1, 2 ** (k + 1) - 1):
+                parent = (node - 1) // 2
+                if k > 0 and done[parent]:
+                    val[node] = val[parent]
+                    done[node] = True
+                elif k == height or R[t, node] < size_limit:
+                    val[node] = R[t, node] * p2
+                    done[node] = True
+                else:
+                    done[node] = False
+            p2 *= 2.0
+        for leaf in range(n_int + 1):
+            out[t, leaf] = val[n_int + leaf]
+
+
+@nb.njit
+def _score_kernel(X, feat, split, table, height, norm, out):
+    # Fixed-depth, branch-free walks, four trees side by side; each row sums its
+    # trees in order 0..T-1.
     n = X.shape[0]
     T = feat.shape[0]
-    s = np.zeros(n)
-    for t in range(T):  # tree-major; each row still sums its trees in order 0..T-1
-        for k in range(n):
-            node = 0
-            depth = 0
-            while True:
-                m = R[t, node]
-                if depth == height or m < size_limit:
-                    s[k] += m * (2.0 ** depth)
-                    break
-                node = 2 * node + 1 + np.int64(X[k, feat[t, node]] >= split[t, node])
-                depth += 1
+    n_int = feat.shape[1]
     for k in range(n):
-        out[k] = max(0.0, 1.0 - s[k] / norm)
+        s = 0.0
+        t = 0
+        while t + 4 <= T:
+            a0 = 0
+            a1 = 0
+            a2 = 0
+            a3 = 0
+            for _ in range(height):
+                a0 = 2 * a0 + 1 + np.int64(X[k, feat[t, a0]] >= split[t, a0])
+                a1 = 2 * a1 + 1 + np.int64(X[k, feat[t + 1, a1]] >= split[t + 1, a1])
+                a2 = 2 * a2 + 1 + np.int64(X[k, feat[t + 2, a2]] >= split[t + 2, a2])
+                a3 = 2 * a3 + 1 + np.int64(X[k, feat[t + 3, a3]] >= split[t + 3, a3])
+            s += table[t, a0 - n_int]
+            s += table[t + 1, a1 - n_int]
+            s += table[t + 2, a2 - n_int]
+            s += table[t + 3, a3 - n_int]
+            t += 4
+        while t < T:
+            node = 0
+            for _ in range(height):
+                node = 2 * node + 1 + np.int64(X[k, feat[t, node]] >= split[t, node])
+            s += table[t, node - n_int]
+            t += 1
+        out[k] = max(0.0, 1.0 - s / norm)
 
 
 class HalfSpaceTrees(Detector):
@@ -200,6 +242,7 @@ class HalfSpaceTrees(Detector):
                         else:
                             maxs[child, q] = p
         self.feature_, self.threshold_ = feat, thr
+        self._table_key = None
         n_nodes = 2 ** (self.height + 1) - 1
         self.r_mass_ = np.zeros((T, n_nodes), dtype=np.int32)
         self.l_mass_ = np.zeros((T, n_nodes), dtype=np.int32)
@@ -229,10 +272,19 @@ class HalfSpaceTrees(Detector):
         _learn_kernel(X, self.feature_, self.threshold_, self.l_mass_, self.r_mass_, self._state,
                       self.window_size, self.height)
 
+    def _table(self) -> np.ndarray:
+        """Per-leaf tree scores from the reference masses, rebuilt when a window completes."""
+        key = self.n_windows_
+        if getattr(self, "_table_key", None) != key:
+            self._leaf_scores = np.empty((self.n_trees, 2 ** self.height))
+            _leaf_table(self.r_mass_, self.height, self.size_limit, self._leaf_scores)
+            self._table_key = key
+        return self._leaf_scores
+
     def _score(self, X: np.ndarray) -> np.ndarray:
         out = np.empty(X.shape[0])
         norm = float(self.n_trees * self.window_size * 2 ** self.height)
-        _score_kernel(X, self.feature_, self.threshold_, self.r_mass_, self.height, self.size_limit, norm, out)
+        _score_kernel(X, self.feature_, self.threshold_, self._table(), self.height, norm, out)
         return out
 
     # -- snapshots -----------------------------------------------------------------
@@ -246,6 +298,7 @@ class HalfSpaceTrees(Detector):
                 "threshold": self.threshold_, "r_mass": self.r_mass_, "l_mass": self.l_mass_}
 
     def _set_state(self, s: Mapping[str, Any]) -> None:
+        self._table_key = None
         self._state = np.array(s["state"], dtype=np.int64)
         buf = s["buffer"]
         self._buffer = [] if buf is None else [np.array(buf, dtype=np.float64)]
