@@ -243,3 +243,16 @@ def test_explain_one_where_the_method_allows_it():
     for make in (HalfSpaceTrees, DenStream, SlidingWindowIForest):
         with pytest.raises(NotImplementedError):
             make().explain_one({"a": 0.0, "b": 0.0, "c": 0.0})
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_loading_into_a_used_instance_drops_its_caches(name):
+    X = _data(name)
+    other = ALL[name]()
+    other.learn_many(X[100:300][::-1])  # another history, same number of observations
+    blob = dumps(other.state_dict())
+    used = ALL[name]()
+    used.learn_many(X[:200])
+    used.score_many(X[:10])  # fills any score cache (precision matrix, leaf table, ...)
+    used.load_state_dict(loads(blob))
+    assert np.array_equal(used.score_many(X[:50]), other.score_many(X[:50]))
