@@ -82,9 +82,27 @@ _ACCOUNT_COLS = {
 _NET_COLS = {"day": ("i4", ()), "plays": ("f4", ()), "t_ref": ("f8", ())}
 
 
-def _crc(values) -> np.ndarray:
-    """CRC-32 of strings (0 for None / empty), uint32 array."""
-    return np.fromiter((zlib.crc32(v.encode()) | 1 if v else 0 for v in values), np.uint32, len(values))
+def _crc(values, cache: dict | None = None) -> np.ndarray:
+    """CRC-32 of strings (odd; 0 for None / empty), uint32 array (n,).
+
+    ``cache`` (str -> hash) avoids re-hashing the same ids batch after batch;
+    it is emptied when it passes 200,000 entries.
+    """
+    if cache is None:
+        return np.fromiter((zlib.crc32(v.encode()) | 1 if v else 0 for v in values), np.uint32, len(values))
+    out = list(map(cache.get, values))
+    if None in out:
+        if len(cache) > 200_000:
+            cache.clear()
+        cache[None] = 0
+        cache[""] = 0
+        for j, v in enumerate(values):
+            if out[j] is None:
+                h = cache.get(v)
+                if h is None:
+                    h = cache[v] = zlib.crc32(v.encode()) | 1
+                out[j] = h
+    return np.asarray(out, np.uint32)
 
 
 def _decay(table: SlotTable, slots: np.ndarray, ref: np.ndarray, names, tau: float) -> None:
@@ -120,6 +138,7 @@ class AccountFeatures:
         self.hll_p = hll_p
         self.ip_hll = [HLLBank(hll_p), HLLBank(hll_p)]  # by day parity
         self.dev_hll = [HLLBank(hll_p), HLLBank(hll_p)]
+        self._hcache: dict = {None: 0, "": 0}
 
     # ------------------------------------------------------------------ update
     def update(self, batch: PlayBatch) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -139,10 +158,10 @@ class AccountFeatures:
         ms = np.asarray(batch.ms_played, np.int64)
         end = ts
         start = ts - ms / 1000.0
-        dev = _crc(batch.device_id)
-        ipc = _crc(batch.ip)
-        ctry = _crc(batch.country)
-        trk = _crc(batch.track_id)
+        dev = _crc(batch.device_id, self._hcache)
+        ipc = _crc(batch.ip, self._hcache)
+        ctry = _crc(batch.country, self._hcache)
+        trk = _crc(batch.track_id, self._hcache)
         order = np.lexsort((ts, a))
         a_s, ts_s, st_s, dev_s, ctry_s = a[order], ts[order], start[order], dev[order], ctry[order]
         first = np.ones(n, bool)

@@ -164,12 +164,13 @@ class CatalogFeatures:
         ts = np.asarray(batch.ts, np.float64)[idx]
         if self.t0_ == 0.0 and len(ts):
             self.t0_ = float(ts.min())
-        acc_ids = [batch.account_id[i] for i in idx]
+        full = len(idx) == len(batch)
+        acc_ids = batch.account_id if full else [batch.account_id[i] for i in idx]
         acc = self.accounts.lookup(acc_ids)
         self.accounts.touch(acc, ts)
         ah = self.accounts.hash_[acc]
-        tr_ids = [batch.track_id[i] for i in idx]
-        ar_ids = [batch.artist_id[i] for i in idx]
+        tr_ids = batch.track_id if full else [batch.track_id[i] for i in idx]
+        ar_ids = batch.artist_id if full else [batch.artist_id[i] for i in idx]
         day = (ts // DAY).astype(np.int64)
         ms = np.asarray(batch.ms_played)[idx]
         is3040 = (ms >= 30000) & (ms < 40000)

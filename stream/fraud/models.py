@@ -71,6 +71,7 @@ class FraudParams:
     p_loop_catalog: float = 0.02     # benign share of plays on artists whose plays mostly end at 30-40 s
     p_coplay: float = 0.05
     p_new_artist: float = 0.25
+    new_tracks_free: float = 12.0    # distinct new-artist tracks an account may discover (an album)
     track_alert: float = 20.0        # nats for a track_boost alert
     group_min: int = 3               # members of a lockstep group alert
 
@@ -332,7 +333,8 @@ class CatalogFraudModel:
         terms = {
             "listener_concentration": c["boost"][ua].astype(np.float64),
             "coplay_share": binom_llr(c["co"][ua].astype(np.float64), n, p.p_coplay),
-            "new_artist_share": binom_llr(c["newart"][ua].astype(np.float64), n, p.p_new_artist),
+            "new_artist_share": binom_llr(np.maximum(c["newart"][ua].astype(np.float64) - p.new_tracks_free, 0.0),
+                                          n, p.p_new_artist),
             "loop_catalog_share": binom_llr(c["loopart"][ua].astype(np.float64), n, p.p_loop_catalog),
         }
         score = np.sum(list(terms.values()), axis=0)

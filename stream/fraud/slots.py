@@ -69,9 +69,9 @@ class SlotTable:
     def lookup(self, ids: list[str]) -> np.ndarray:
         """Slots (int64, shape (n,)) of ``ids``, allocating new entities."""
         get = self.index_.get
-        slots = [get(i, -1) for i in ids]
-        if -1 in slots:
-            new = list(dict.fromkeys(i for i, s in zip(ids, slots) if s == -1))
+        slots = list(map(get, ids))
+        if None in slots:
+            new = list(dict.fromkeys(i for i, s in zip(ids, slots) if s is None))
             if len(new) > len(self.free_):
                 self._grow(len(self.index_) + len(new))
             hashes = stable_hash64(new)
@@ -80,7 +80,7 @@ class SlotTable:
                 self.index_[i] = s
                 self.ids_[s] = i
                 self.hash_[s] = h
-            slots = [get(i) for i in ids]
+            slots = list(map(get, ids))
         return np.asarray(slots, np.int64)
 
     def touch(self, slots: np.ndarray, ts: np.ndarray) -> None:
