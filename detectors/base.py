@@ -186,10 +186,12 @@ class FeatureValidator:
         return [f"x{j}" for j in range(self.n_features_in_ or 0)]
 
     def state(self) -> dict:
+        """Layout as plain values (for snapshots)."""
         return {"n_features_in": self.n_features_in_, "feature_names_in": self.feature_names_in_,
                 "univariate": self.univariate}
 
     def load(self, s: Mapping) -> None:
+        """Restore a layout saved by ``state``."""
         self.n_features_in_ = None if s["n_features_in"] is None else int(s["n_features_in"])
         self.feature_names_in_ = None if s["feature_names_in"] is None else [str(n) for n in s["feature_names_in"]]
         self.univariate = bool(s["univariate"])
@@ -220,10 +222,12 @@ class Detector:
     # -- fixed layout ----------------------------------------------------------
     @property
     def n_features_in_(self) -> int | None:
+        """Fixed feature dimension, or None before the first learn call."""
         return self._v.n_features_in_
 
     @property
     def feature_names_in_(self) -> list[str] | None:
+        """Fixed dict key order, or None when only arrays were seen."""
         return self._v.feature_names_in_
 
     # -- public API --------------------------------------------------------------

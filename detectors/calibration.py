@@ -73,7 +73,7 @@ def _merge(means, weights, delta):
         return out_m[:0], out_w[:0]
     k_scale = delta / (2.0 * math.pi)
 
-    def k_inv(k):
+    def k_inv(k):  # inverse of the k1 scale function, clamped at q = 1
         if k >= delta / 4.0:
             return 1.0
         return (math.sin(k / k_scale) + 1.0) / 2.0

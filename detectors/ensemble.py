@@ -103,6 +103,7 @@ class ScoreEnsemble:
 
     @property
     def names(self) -> list[str]:
+        """Member names, in combination order."""
         return list(self.members)
 
     def _detectors(self) -> dict[str, Any]:

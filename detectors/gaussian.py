@@ -133,6 +133,7 @@ class OnlineGaussian(Detector):
 
     @property
     def n_seen_(self) -> int:
+        """Observations learned."""
         return int(self._n[0])
 
     def _ready(self) -> bool:

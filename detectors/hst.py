@@ -194,6 +194,7 @@ class HalfSpaceTrees(Detector):
 
     @property
     def n_windows_(self) -> int:
+        """Completed mass windows."""
         return int(self._state[1])
 
     def _ready(self) -> bool:

@@ -174,6 +174,7 @@ class LODA(Detector):
 
     @property
     def n_windows_(self) -> int:
+        """Completed histogram windows."""
         return int(self._state[1])
 
     def _ready(self) -> bool:

@@ -243,14 +243,17 @@ class DenStream(Detector):
 
     @property
     def n_seen_(self) -> int:
+        """Observations learned (the clock of the decay)."""
         return int(self._sc[0])
 
     @property
     def n_potential_(self) -> int:
+        """Live potential (core) micro-clusters."""
         return 0 if self._arrays is None else int((self._arrays["kind"] == _POTENTIAL).sum())
 
     @property
     def n_outlier_(self) -> int:
+        """Live outlier micro-clusters."""
         return 0 if self._arrays is None else int((self._arrays["kind"] == _OUTLIER).sum())
 
     def _alloc(self, d: int) -> None:

@@ -321,6 +321,7 @@ class MIDAS:
 
     @property
     def tick_(self) -> int:
+        """Current tick (1 before the first edge)."""
         return int(self._tick[0])
 
     def _check(self, src: Any, dst: Any, t: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -364,6 +365,7 @@ class MIDAS:
         return {"n_rows": self.n_rows, "n_buckets": self.n_buckets, "seed": self.seed}
 
     def state_dict(self) -> dict:
+        """Snapshot with parameters, sketches, score memory and tick (plain values and arrays)."""
         """Snapshot with parameters, sketches, current tick (plain values and arrays)."""
         st = {"detector": type(self).__name__, "version": 1, "params": self._params(),
               "tick": int(self._tick[0]), "n_edges": self.n_edges_,

@@ -163,18 +163,22 @@ class RobustZScore(Detector):
 
     @property
     def n_seen_(self) -> int:
+        """Values learned."""
         return int(self._n[0])
 
     @property
     def level_(self) -> float:
+        """Running median (or mean) without the seasonal part, in the unit of the values."""
         return float(self._f[0])
 
     @property
     def scale_(self) -> float:
+        """Running scale (1.4826 * MAD or std) before flooring, in the unit of the values."""
         return float(_K * self._f[1] if self.method == "median" else np.sqrt(self._f[2]))
 
     @property
     def season_(self) -> np.ndarray | None:
+        """Seasonal levels, shape (period,), or None."""
         return self._seas.copy() if self.period else None
 
     def _ready(self) -> bool:
