@@ -101,6 +101,15 @@ def test_counts_match_exact_counting_with_a_large_sketch(cls, ref):
     assert want.max() > 10  # the burst is in the stream
 
 
+def test_midas_f_exact_with_a_low_threshold():
+    # many cells cross the threshold, so the filtered merge (total += total / (t - 1)) runs often
+    src, dst, t, _ = _stream(seed=7)
+    got = MIDASF(**BIG, threshold=20.0, factor=0.3, seed=1).score_edges(src, dst, t)
+    want = exact_midas_f(src, dst, t, factor=0.3, threshold=20.0)
+    assert np.allclose(got, want, rtol=1e-12, atol=0)
+    assert (want >= 20.0).sum() > 50
+
+
 def test_midas_current_and_total_counts_are_exact():
     src = np.array([1, 1, 2, 1, 1, 1], dtype=np.int64)
     dst = np.array([5, 5, 6, 5, 5, 6], dtype=np.int64)
