@@ -157,12 +157,14 @@ def replay(
 def demo(
     data_dir: Optional[Path] = typer.Option(None, help="Real-data folder (PLAYGUARD_DATA_DIR)."),
     out: Path = typer.Option(Path("out/demo-alerts.jsonl"), help="Where to write the alerts (JSONL)."),
-    window: int = typer.Option(14, help="Days of each account's newest history to replay."),
-    accounts: int = typer.Option(300, help="Benign background accounts (real users plus clones)."),
+    window: int = typer.Option(7, help="Days of each account's newest history to replay."),
+    accounts: int = typer.Option(200, help="Benign background accounts (real users plus clones)."),
     fraud_share: float = typer.Option(0.03, help="Share of injected fraud events (0 disables)."),
     follow: bool = typer.Option(False, "--follow", help="Keep running after the summary."),
     bootstrap: Optional[str] = typer.Option(None, help="Use this Kafka instead of the embedded broker."),
     max_seconds: float = typer.Option(240.0, help="Stop waiting for the worker after this long."),
+    real_accounts: Optional[int] = typer.Option(None, help="Use a seeded subsample of the real accounts."),
+    audio_limit: Optional[int] = typer.Option(None, help="Check at most this many audio files."),
 ):
     """One-command demo: embedded broker, worker, real replay (+ labelled fraud), audio QC, summary."""
     from stream.demo import DemoError, run_demo
@@ -171,6 +173,7 @@ def demo(
         run_demo(
             data_dir=data_dir, out=out, window_days=window, n_accounts=accounts, fraud_share=fraud_share,
             follow=follow, bootstrap=bootstrap, max_seconds=max_seconds,
+            max_real_accounts=real_accounts, audio_limit=audio_limit,
         )
     except DemoError as exc:
         raise CLIError(str(exc)) from exc

@@ -139,6 +139,8 @@ def run_demo(
     bootstrap: str | None = None,
     max_seconds: float = 240.0,
     console: Console | None = None,
+    max_real_accounts: int | None = None,
+    audio_limit: int | None = None,
 ) -> dict:
     """Run the demo (see module docstring); returns the summary as a dict.
 
@@ -149,7 +151,7 @@ def run_demo(
     t_start = time.monotonic()
     base = Settings(**({"data_dir": data_dir} if data_dir else {}))
     try:
-        raw = load_listening(base.listening_path)
+        raw = load_listening(base.listening_path, max_accounts=max_real_accounts)
     except DataMissingError as exc:
         raise DemoError(
             f"{exc} The demo needs the real listening exports; real music (optional) comes from "
@@ -158,6 +160,8 @@ def run_demo(
         ) from exc
     audio_dir = base.audio_path
     notices = _audio_notices(audio_dir) if audio_dir.exists() else []
+    if audio_limit is not None:
+        notices = notices[:audio_limit]
     if not notices:
         con.print(f"[yellow]no audio under {audio_dir}: audio QC is skipped. Real music: "
                   "apt-get install wesnoth-1.16-music singularity-music warzone2100-music, "
