@@ -29,8 +29,9 @@ from typing import Callable, Sequence
 import numpy as np
 from pydantic import ValidationError
 
-from stream.batch import PlayBatch
+from stream.batch import BOOL_COLUMNS, OPT_STR_COLUMNS, STR_COLUMNS, PlayBatch
 from stream.schemas import (
+    MAX_MS_PLAYED,
     MIN_TS,
     AudioIngested,
     DeadLetterReason,
@@ -38,6 +39,8 @@ from stream.schemas import (
 )
 
 _MIN_TS_S = MIN_TS.timestamp()
+#: 9999-12-31T23:59:59Z, the largest time a ``datetime`` (hence a PlayEvent) holds.
+_MAX_TS_S = 253402300799.0
 _RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}
 _RANGE_FIELDS = {"ms_played", "track_duration_ms"}
 
@@ -269,6 +272,76 @@ class PlaysDecoder:
         self.dedupe.load_state_dict(state["dedupe"])
 
 
+#: Field length limits of :class:`PlayEvent`, applied to forwarded columns.
+_STR_LIMITS = {"event_id": 256, "account_id": 256, "track_id": 512, "artist_id": 512}
+_OPT_LIMITS = {"platform": 256, "device_id": 256, "ip": 64, "reason_start": 64, "reason_end": 64}
+
+
+def _int_column(b: PlayBatch, name: str, dtype, lo: int, hi: int) -> None:
+    v = getattr(b, name)
+    if not isinstance(v, np.ndarray) or v.ndim != 1 or v.dtype.kind not in "iu":
+        raise ValueError(f"column {name}: expected a 1-D integer array")
+    if len(v) and (int(v.min()) < lo or int(v.max()) > hi):
+        raise ValueError(f"column {name}: values outside [{lo}, {hi}]")
+    setattr(b, name, v.astype(dtype, copy=False))
+
+
+def check_forwarded_batch(b: PlayBatch) -> PlayBatch:
+    """Validate a :class:`PlayBatch` decoded from ``plays.by_artist`` bytes.
+
+    A forwarded batch comes from our own account stage, but the topic is
+    writable by any producer with access, so every column is checked against
+    the :class:`PlayEvent` constraints before a model sees it: string columns
+    hold non-empty ``str`` within the schema's lengths, optional ones ``str`` or
+    None, ``country`` is ISO 3166-1 alpha-2 or None, ``ts`` and ``record_ts``
+    are finite Unix seconds (``ts`` from 2000-01-01 to year 9999), ``ms_played``
+    and ``track_duration_ms`` lie in [0, 24 h] ms (-1: unknown duration), and
+    the tri-state flags are int8 in {-1, 0, 1}. Integer columns are cast to
+    their canonical dtypes.
+
+    Args:
+        b: the decoded batch (n rows, columns as in :mod:`stream.batch`).
+
+    Returns:
+        ``b`` itself, with canonical dtypes.
+
+    Raises:
+        ValueError: naming the first column that breaks a rule.
+    """
+    n = len(b)
+    for name in STR_COLUMNS:
+        col, lim = getattr(b, name), _STR_LIMITS[name]
+        if not isinstance(col, list) or any(type(x) is not str or not 0 < len(x) <= lim for x in col):
+            raise ValueError(f"column {name}: expected non-empty strings of at most {lim} characters")
+    for name in OPT_STR_COLUMNS:
+        col = getattr(b, name)
+        if not isinstance(col, list):
+            raise ValueError(f"column {name}: expected a list")
+        if name == "country":
+            bad = any(x is not None and not (type(x) is str and len(x) == 2 and x.isascii()
+                                             and x.isalpha() and x.isupper()) for x in col)
+        else:
+            lim = _OPT_LIMITS[name]
+            bad = any(x is not None and (type(x) is not str or len(x) > lim) for x in col)
+        if bad:
+            raise ValueError(f"column {name}: expected strings within the schema's limits or None")
+    for name in ("ts", "record_ts"):
+        v = getattr(b, name)
+        if not isinstance(v, np.ndarray) or v.ndim != 1 or v.dtype.kind not in "fiu":
+            raise ValueError(f"column {name}: expected a 1-D numeric array")
+        v = v.astype(np.float64, copy=False)
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"column {name}: non-finite time")
+        setattr(b, name, v)
+    if n and (b.ts.min() < _MIN_TS_S or b.ts.max() > _MAX_TS_S):
+        raise ValueError("column ts: time outside 2000-01-01 .. 9999-12-31")
+    _int_column(b, "ms_played", np.int64, 0, MAX_MS_PLAYED)
+    _int_column(b, "track_duration_ms", np.int64, -1, MAX_MS_PLAYED)
+    for name in BOOL_COLUMNS:
+        _int_column(b, name, np.int8, -1, 1)
+    return b.validate()
+
+
 class ForwardedDecoder:
     """Decodes ``plays.by_artist`` records (msgpack column batches) of one
     partition, dropping repeated ``event_id``s (a re-processed account-stage
@@ -290,8 +363,8 @@ class ForwardedDecoder:
                                        "forwarded batch missing or too large"))
                 continue
             try:
-                b = PlayBatch.from_bytes(rec.value)
-            except ValueError as exc:
+                b = check_forwarded_batch(PlayBatch.from_bytes(rec.value))
+            except (ValueError, TypeError, AttributeError) as exc:
                 dead.append(DeadLetter(rec, DeadLetterReason.schema_error, str(exc)[:500]))
                 continue
             keep = np.fromiter(
