@@ -5,16 +5,39 @@ every detector with its method, source, memory and score meaning. Snapshots go
 through :mod:`detectors.serialize` (msgpack, never pickle).
 """
 
-from detectors.base import Detector, FeatureValidator
-from detectors.calibration import QuantileCalibrator
-from detectors.ensemble import ScoreEnsemble
-from detectors.gaussian import OnlineGaussian
-from detectors.hst import HalfSpaceTrees
-from detectors.iforest_window import SlidingWindowIForest
-from detectors.loda import LODA
-from detectors.microcluster import DenStream
-from detectors.midas import MIDAS, MIDASF, MIDASR
-from detectors.robust import RobustZScore
+from importlib import import_module
+from typing import Any
+
+# Exports are imported lazily (PEP 562), so ``import detectors.serialize`` stays light
+# (no numba or scikit-learn import) for modules that only need the serialiser.
+_EXPORTS = {
+    "Detector": "detectors.base",
+    "FeatureValidator": "detectors.base",
+    "QuantileCalibrator": "detectors.calibration",
+    "ScoreEnsemble": "detectors.ensemble",
+    "OnlineGaussian": "detectors.gaussian",
+    "HalfSpaceTrees": "detectors.hst",
+    "SlidingWindowIForest": "detectors.iforest_window",
+    "LODA": "detectors.loda",
+    "DenStream": "detectors.microcluster",
+    "MIDAS": "detectors.midas",
+    "MIDASR": "detectors.midas",
+    "MIDASF": "detectors.midas",
+    "RobustZScore": "detectors.robust",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'detectors' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
 
 __all__ = [
     "Detector",
@@ -43,6 +66,15 @@ def warm_up() -> float:
     import time
 
     import numpy as np
+
+    from detectors.calibration import QuantileCalibrator
+    from detectors.gaussian import OnlineGaussian
+    from detectors.hst import HalfSpaceTrees
+    from detectors.iforest_window import SlidingWindowIForest
+    from detectors.loda import LODA
+    from detectors.microcluster import DenStream
+    from detectors.midas import MIDAS, MIDASF, MIDASR
+    from detectors.robust import RobustZScore
 
     t0 = time.perf_counter()
     X = np.random.default_rng(0).normal(size=(64, 2))
