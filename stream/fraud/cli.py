@@ -71,7 +71,8 @@ def register(app: typer.Typer) -> None:
         level: Optional[list[str]] = typer.Option(None),
         seed: int = typer.Option(0),
         max_real: Optional[int] = typer.Option(None),
-        batch_size: int = typer.Option(2000, help="micro-batch size"),
+        batch_size: int = typer.Option(2000, help="micro-batch size (events)"),
+        batch_seconds: float = typer.Option(300.0, help="micro-batch event-time span cap (s); 0: none"),
         no_baselines: bool = typer.Option(False, help="skip the three baselines"),
         data_dir: Optional[Path] = typer.Option(None),
     ) -> None:
@@ -84,7 +85,8 @@ def register(app: typer.Typer) -> None:
         try:
             lab = read_labelled(input) if input else _simulated(settings, accounts, days, fraud_share, scenario,
                                                                level, seed, max_real)
-            res = evaluate(lab, settings, batch_size=batch_size, baselines=not no_baselines, seed=seed)
+            res = evaluate(lab, settings, batch_size=batch_size, baselines=not no_baselines, seed=seed,
+                           batch_seconds=batch_seconds or None)
             write_json(res, out_json)
             write_png(res, out_png)
         except (ValueError, FileNotFoundError, OSError) as exc:

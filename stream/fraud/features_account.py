@@ -30,6 +30,9 @@ Account features (per touched account, after the batch):
                             on another device (two streams at once), tau 12 h
 ``country_switches``        consecutive plays < 2 h apart in different
                             countries (travel speed beyond flight), tau 12 h
+``ips_today`` / ``devices_today`` / ``countries_today``  distinct IPs, devices
+                            and countries of the account today (64-bit
+                            linear-counting bitmaps)
 ``ip_accounts`` / ``device_accounts``  distinct accounts (HyperLogLog, today and
                             yesterday) of the IP / device of the account's
                             newest play in the batch
@@ -62,7 +65,7 @@ FEATURE_NAMES = (
     "plays_1h", "plays_12h", "share_30_40", "skip_rate", "completion", "distinct_ratio",
     "repeat_ratio", "gap_cv", "active_hours_24h", "hour_entropy", "new_device_plays",
     "new_ip_plays", "new_country_plays", "odd_hour_new_device", "new_identity_plays", "overlaps",
-    "country_switches", "ip_accounts", "device_accounts",
+    "country_switches", "ip_accounts", "device_accounts", "ips_today", "devices_today", "countries_today",
 )
 
 _ACCOUNT_COLS = {
@@ -77,6 +80,7 @@ _ACCOUNT_COLS = {
     "dev": ("u4", (3,)), "dev_t": ("f8", (3,)), "ip": ("u4", (3,)), "ip_t": ("f8", (3,)),
     "ctry": ("u4", (3,)), "ctry_t": ("f8", (3,)), "rr": ("u1", (3,)),
     "day": ("i4", ()), "day_plays": ("i4", ()), "day_bits": ("u8", (4,)),
+    "day_ipbits": ("u8", (1,)), "day_devbits": ("u8", (1,)), "day_ctrybits": ("u8", (1,)),
     "last_ipslot": ("i8", ()), "last_devslot": ("i8", ()),
 }
 _NET_COLS = {"day": ("i4", ()), "plays": ("f4", ()), "t_ref": ("f8", ())}
@@ -215,11 +219,20 @@ class AccountFeatures:
         c["day"][rs] = dmax[roll]
         c["day_plays"][rs] = 0
         c["day_bits"][rs] = 0
+        c["day_ipbits"][rs] = 0
+        c["day_devbits"][rs] = 0
+        c["day_ctrybits"][rs] = 0
         today = day == c["day"][a]
         np.add.at(c["day_plays"], a[today], 1)
         bit = (mix64(trk.astype(np.uint64)) & np.uint64(255)).astype(np.int64)
         np.bitwise_or.at(c["day_bits"], (a[today], bit[today] >> 6),
                          np.left_shift(np.uint64(1), (bit[today] & 63).astype(np.uint64)))
+        at = a[today]
+        for name, h in (("day_ipbits", ipc), ("day_devbits", dev), ("day_ctrybits", ctry)):
+            hb = h[today]
+            has = hb != 0
+            np.bitwise_or.at(c[name], (at[has], np.zeros(int(has.sum()), np.int64)),
+                             np.left_shift(np.uint64(1), (mix64(hb[has].astype(np.uint64)) & np.uint64(63))))
         # ---- sequences: gaps, overlaps, travel (sorted by account, ts)
         prev_ts = np.empty(n)
         prev_end = np.empty(n)
@@ -302,6 +315,9 @@ class AccountFeatures:
         np.maximum.at(devmax, inv, dev_acc_ev)
         X[:, 17] = ipmax
         X[:, 18] = devmax
+        X[:, 19] = linear_count(c["day_ipbits"][slots])
+        X[:, 20] = linear_count(c["day_devbits"][slots])
+        X[:, 21] = linear_count(c["day_ctrybits"][slots])
         return slots, X, {"event_slot": a, "inv": inv, "ip_accounts_event": ip_acc_ev}
 
     def _novel(self, a, h, ts, key, tkey) -> np.ndarray:

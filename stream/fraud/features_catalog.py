@@ -23,7 +23,8 @@ Lockstep: distinct accounts are counted per (track, 10-minute bucket) cell in
 rotating count-min sketches (an (account, cell) sketch admits each account once);
 a play is a *co-play* when at least ``co_min`` other accounts played the same
 track in its bucket and that count is improbable (Poisson tail < ``co_p``) at
-the track's own recent rate, so popular and viral tracks do not make co-plays.
+the track's own last-hour rate (tau 1 h, the cell's own plays left out), so
+popular tracks, viral spikes and album releases do not make co-plays.
 Accounts whose plays are mostly co-plays move in lockstep.
 
 Catalog-side account state (per account seen by this partition): decayed
@@ -47,12 +48,13 @@ from stream.fraud.slots import SlotTable
 
 DAY = 86400.0
 TAU_DAY = 12 * 3600.0
+TAU_HOUR = 3600.0
 TAU_WEEK = 7 * DAY
 NEW_S = 3 * DAY
 
 _ENT_COLS = {
     "day": ("i4", ()), "plays_day": ("i4", ()), "heavy": ("i4", ()), "first_seen": ("f8", ()),
-    "t_ref": ("f8", ()), "base": ("f4", ()), "k3040": ("f4", ()), "n": ("f4", ()),
+    "t_ref": ("f8", ()), "base": ("f4", ()), "k3040": ("f4", ()), "n": ("f4", ()), "n1": ("f4", ()),
 }
 _ACC_COLS = {"t_ref": ("f8", ()), "n": ("f4", ()), "co": ("f4", ()), "newart": ("f4", ()), "loopart": ("f4", ()),
              "day": ("i4", ()), "boost": ("f4", ())}
@@ -93,10 +95,12 @@ class _EntityState:
         dt = ref - c["t_ref"][us]
         fw = np.exp(-dt / TAU_WEEK).astype(np.float32)
         fd = np.exp(-dt / TAU_DAY).astype(np.float32)
+        fh = np.exp(-dt / TAU_HOUR).astype(np.float32)
         c["t_ref"][us] = ref
         age = ref[uinv] - ts
         c["base"][us] = c["base"][us] * fw + np.bincount(uinv, np.exp(-age / TAU_WEEK), len(us)).astype(np.float32)
         c["n"][us] = c["n"][us] * fd + np.bincount(uinv, np.exp(-age / TAU_DAY), len(us)).astype(np.float32)
+        c["n1"][us] = c["n1"][us] * fh + np.bincount(uinv, np.exp(-age / TAU_HOUR), len(us)).astype(np.float32)
         c["k3040"][us] = c["k3040"][us] * fd + np.bincount(uinv, np.exp(-age / TAU_DAY) * is3040, len(us)).astype(np.float32)
         today = day == c["day"][s]
         np.add.at(c["plays_day"], s[today], 1)
@@ -199,7 +203,10 @@ class CatalogFeatures:
         newcell = first3[seen[first3] == 0]
         self.coplay.add(kc[newcell], hour[newcell])
         cnt = self.coplay.query(kc, hour)
-        lam = np.maximum(self.tracks.table.cols_["n"][s_t].astype(np.float64) / TAU_DAY * self.bucket_s, 0.01)
+        # expected accounts per cell from the track's last-hour rate (tau 1 h, so
+        # it follows a release's ramp), without the cell's own plays
+        n1 = self.tracks.table.cols_["n1"][s_t].astype(np.float64)
+        lam = np.maximum((n1 - cnt) / TAU_HOUR * self.bucket_s, 0.0) + 0.05
         co = cnt - 1
         cop = (co >= self.co_min) & (poisson.sf(cnt - 1, lam) < self.co_p)
         # newness of the artist

@@ -7,8 +7,8 @@ the label. Every account, benign or not, gets stable values from here:
 * a home country (the account's most common real ``conn_country`` when it has
   one, else drawn from a listener-weighted list), a residential home IP and one
   or two devices;
-* mobile plays (about 20 %) through carrier-grade NAT pools shared by a few
-  accounts;
+* mobile sessions (about 20 %) through one of three carrier-grade NAT IPs
+  (per session), shared with other accounts;
 * benign travel (about 5 % of accounts: a few days abroad, same device, new IP
   and country) and benign VPN use (about 3 %: some sessions through one or two
   favourite shared VPN exits in other countries).
@@ -64,7 +64,7 @@ class IdentityPool:
         ndev = 1 + int(rng.random() < 0.5)
         return {"country": c, "home_ip": rand_ip(rng), "devices": [rand_device(rng) for _ in range(ndev)],
                 "platforms": [str(rng.choice(PLATFORMS)) for _ in range(ndev)],
-                "cgnat": str(rng.choice(self.cgnat))}
+                "cgnat": [str(x) for x in rng.choice(self.cgnat, 3)]}
 
 
 def assign_network(rng: np.random.Generator, ts: np.ndarray, ident: dict, pool: IdentityPool,
@@ -84,7 +84,8 @@ def assign_network(rng: np.random.Generator, ts: np.ndarray, ident: dict, pool: 
     nsess = int(sess[-1]) + 1 if n else 0
     mobile = rng.random(nsess) < 0.2
     dev_i = (rng.random(nsess) < 0.3).astype(int) % len(ident["devices"])
-    ip = np.where(mobile, ident["cgnat"], ident["home_ip"]).astype(object)
+    carrier = [ident["cgnat"][int(i)] for i in rng.integers(0, len(ident["cgnat"]), nsess)]
+    ip = np.where(mobile, np.array(carrier, dtype=object), ident["home_ip"]).astype(object)
     ctry = np.full(nsess, ident["country"], object)
     if vpn:  # a favourite exit or two, some sessions
         exits = [pool.vpn[int(i)] for i in rng.integers(0, len(pool.vpn), 2)]

@@ -63,6 +63,10 @@ class FraudParams:
     ip_accounts_free: float = 20.0   # distinct accounts per IP (per worker) seen as normal
     device_accounts_free: float = 3.0
     plays_12h_free: float = 250.0    # decayed 12 h plays seen as normal
+    new_identity_free: float = 10.0  # evidence a trip on a new phone may give
+    ips_free: float = 6.0            # distinct IPs of an account in a day seen as normal
+    devices_free: float = 3.0        # distinct devices in a day (phone, laptop, speaker)
+    countries_free: float = 3.0      # home + VPN exits / a trip
     hst_weight: float = 1.0          # nats per unit of HST score above hst_free
     hst_free: float = 0.9
     # catalog stage
@@ -171,17 +175,21 @@ class AccountFraudModel:
             "share_30_40": binom_llr(c["k3040"][slots].astype(np.float64), n12, p.p_3040),
             "active_hours_24h": 2.0 * np.maximum(F["active_hours_24h"] - p.active_hours_free, 0.0),
             "gap_cv": np.where(gap_n >= 10, 40.0 * np.maximum(p.gap_cv_max - cv, 0.0), 0.0),
-            "odd_hour_new_device": 0.5 * F["odd_hour_new_device"] + F["new_identity_plays"],
+            "odd_hour_new_device": np.maximum(0.5 * F["odd_hour_new_device"] + F["new_identity_plays"]
+                                              - p.new_identity_free, 0.0),
             "country_switches": 3.0 * np.maximum(F["country_switches"] - 3.0, 0.0),
             "overlaps": 2.0 * np.maximum(F["overlaps"] - 1.0, 0.0),
             "ip_accounts": 0.5 * np.log(np.maximum(F["ip_accounts"] / p.ip_accounts_free, 1.0)) * np.minimum(n12, 30.0),
             "device_accounts": 2.0 * np.maximum(F["device_accounts"] - p.device_accounts_free, 0.0),
             "plays_12h": 0.1 * poisson_llr(n12, np.full(len(n12), p.plays_12h_free)),
+            "ips_today": 1.5 * np.maximum(F["ips_today"] - p.ips_free, 0.0),
+            "devices_today": 3.0 * np.maximum(F["devices_today"] - p.devices_free, 0.0),
+            "countries_today": 3.0 * np.maximum(F["countries_today"] - p.countries_free, 0.0),
         }
 
     _TYPICAL = {"share_30_40": 0.015, "active_hours_24h": 5.0, "gap_cv": 1.0, "odd_hour_new_device": 0.0,
                 "country_switches": 0.0, "overlaps": 0.0, "ip_accounts": 2.0, "device_accounts": 1.0,
-                "plays_12h": 20.0}
+                "plays_12h": 20.0, "ips_today": 2.0, "devices_today": 1.0, "countries_today": 1.0}
 
     def process(self, batch: PlayBatch) -> list[Alert]:
         """Update features, score touched accounts, return new alerts."""
