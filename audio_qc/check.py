@@ -1,9 +1,10 @@
 """Public entry point: sandboxed QC of one file -> :class:`stream.schemas.QCReport`.
 
-Every file is decoded and measured in a child process forked from a
-``multiprocessing`` fork server that has the analysis modules preloaded (a
-child starts in milliseconds instead of the ~1.5 s that importing scipy takes).
-The child puts itself in its own session and sets:
+Every file is decoded and measured in a child process forked from a small
+fork server (:mod:`audio_qc.zygote`, one per calling thread) that has numpy
+and scipy imported already, so a child starts in milliseconds instead of the
+~1.5 s that importing scipy takes. The child puts itself in its own session
+and sets:
 
 * ``RLIMIT_CPU`` = ``QCSettings.cpu_seconds`` (the kernel sends SIGXCPU, then SIGKILL);
 * ``RLIMIT_AS`` = ``QCSettings.memory_mb`` MiB (allocation fails with MemoryError);
@@ -11,10 +12,9 @@ The child puts itself in its own session and sets:
 * a wall-clock limit of ``QCSettings.wall_seconds``: the child's whole process
   group (ffmpeg included) is killed with SIGKILL when it runs out.
 
-The child answers with one JSON document as raw bytes on a pipe
-(``Connection.send_bytes``); the parent parses JSON and unpickles nothing it
-receives. (``python -m audio_qc.child PATH`` runs the same analysis as a plain
-command, JSON on stdout, for debugging.)
+The child answers with one JSON document on a pipe, relayed as a JSON line;
+nothing is pickled. (``python -m audio_qc.child PATH`` runs the same analysis
+as a plain command, JSON on stdout, for debugging.)
 Files over ``QCSettings.max_file_mb`` are not opened at all.
 
 Where ``decode_error`` ends and ``error`` begins (CONVENTIONS.md, outcome):
@@ -34,10 +34,12 @@ Where ``decode_error`` ends and ``error`` begins (CONVENTIONS.md, outcome):
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
-import resource
+import select
 import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -58,46 +60,84 @@ def memory_budget_bytes(settings: QCSettings) -> int:
     return max(16 * 2**20, (settings.memory_mb - _BASE_MIB) * 2**20 // 3)
 
 
-def _child_main(path: str, cpu: int, mem: int, budget: int, ff_timeout: float, conn) -> None:
-    """Body of the sandboxed child (forked from the fork server): own session,
-    resource limits, analysis, one JSON document back through ``conn``."""
-    os.setsid()
-    try:
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        from audio_qc.analyze import analyze_path
+class _Zygote:
+    """Client of one :mod:`audio_qc.zygote` process (JSON lines over pipes)."""
 
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent)]
+                                            + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "audio_qc.zygote"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+        )
+        self._buf = b""
+
+    def alive(self) -> bool:
+        """True while the zygote process runs."""
+        return self.proc.poll() is None
+
+    def send(self, req: dict) -> None:
+        """Send one request line."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(req) + "\n").encode("utf-8"))
+        self.proc.stdin.flush()
+
+    def read_line(self, timeout: float) -> dict | None:
+        """Next JSON line, or None on timeout or EOF."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return None
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
         try:
-            result = analyze_path(Path(path), memory_budget_bytes=budget, ffmpeg_timeout_s=ff_timeout)
-        except MemoryError:
-            result = {"finished": False, "defects": [{"code": "decode_error", "severity": "critical",
-                      "detail": "sandbox limit: memory limit exceeded", "start_s": None, "end_s": None}]}
-        conn.send_bytes(json.dumps(result, allow_nan=False).encode("utf-8"))
-    except BaseException as exc:  # report, never hang the parent  # noqa: BLE001
+            msg = json.loads(line.decode("utf-8"))
+        except ValueError:
+            return None
+        return msg if isinstance(msg, dict) else None
+
+    def close(self) -> None:
+        """Stop the zygote."""
+        for fn in (lambda: os.killpg(self.proc.pid, signal.SIGKILL), self.proc.kill):
+            try:
+                fn()
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
         try:
-            conn.send_bytes(json.dumps({"child_error": f"{type(exc).__name__}: {str(exc)[:300]}"}).encode())
-        except Exception:  # noqa: BLE001
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
             pass
-    finally:
-        conn.close()
-        os._exit(0)
 
 
-_CTX = None
+_LOCAL = threading.local()
+#: Seconds allowed for the zygote to import numpy/scipy on first use.
+_START_S = 60.0
 
 
-def _context():
-    """The ``forkserver`` multiprocessing context, with the analysis modules
-    preloaded so that each sandboxed child starts in milliseconds."""
-    global _CTX
-    if _CTX is None:
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["audio_qc.analyze"])
-        _CTX = ctx
-    return _CTX
+def _zygote() -> _Zygote:
+    z = getattr(_LOCAL, "zygote", None)
+    if z is None or not z.alive():
+        z = _Zygote()
+        _LOCAL.zygote = z
+    return z
+
+
+def _drop_zygote() -> None:
+    z = getattr(_LOCAL, "zygote", None)
+    if z is not None:
+        z.close()
+        _LOCAL.zygote = None
 
 
 def run_sandboxed(path: Path, settings: QCSettings) -> tuple[dict, str | None]:
@@ -107,37 +147,37 @@ def run_sandboxed(path: Path, settings: QCSettings) -> tuple[dict, str | None]:
         ``(result, failure)``: the child's JSON dict, or ``({}, reason)`` when
         the child hit a limit or died (``reason`` is one readable line).
     """
-    ctx = _context()
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=_child_main,
-        args=(str(path), max(1, int(settings.cpu_seconds)), int(settings.memory_mb) * 2**20,
-              memory_budget_bytes(settings), max(1.0, settings.wall_seconds * 0.8), send),
-        daemon=True,
-    )
-    proc.start()
-    send.close()
-    raw = None
+    z = _zygote()
     try:
-        if recv.poll(settings.wall_seconds):
+        z.send({"path": str(path), "cpu": max(1, int(settings.cpu_seconds)),
+                "mem": int(settings.memory_mb) * 2**20, "budget": memory_budget_bytes(settings),
+                "ffmpeg_timeout": max(1.0, settings.wall_seconds * 0.8)})
+    except (BrokenPipeError, OSError):
+        _drop_zygote()
+        return {}, "QC sandbox could not start"
+    hello = z.read_line(_START_S + settings.wall_seconds)
+    if not hello or not isinstance(hello.get("pid"), int):
+        _drop_zygote()
+        return {}, "QC sandbox did not answer"
+    pid = hello["pid"]
+    done = z.read_line(settings.wall_seconds)
+    if done is None:
+        for fn in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
             try:
-                raw = recv.recv_bytes(maxlength=16 * 2**20)
-            except (EOFError, OSError):
-                raw = None
-        else:
-            _kill(proc)
-            return {}, f"sandbox limit: wall-clock limit of {settings.wall_seconds:g} s exceeded"
-    finally:
-        recv.close()
-        proc.join(timeout=5)
-        _kill(proc)
-    if raw is None:
-        code = proc.exitcode
-        if code in (-signal.SIGXCPU, -signal.SIGKILL):
-            return {}, f"sandbox limit: CPU-time limit of {settings.cpu_seconds} s exceeded"
-        return {}, f"QC child died (exit status {code})"
+                fn()
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
+        if z.read_line(10.0) is None:  # resynchronise the protocol, or start afresh
+            _drop_zygote()
+        return {}, f"sandbox limit: wall-clock limit of {settings.wall_seconds:g} s exceeded"
+    sig = done.get("signal")
+    text = done.get("result")
+    if sig in (signal.SIGXCPU, signal.SIGKILL) and not text:
+        return {}, f"sandbox limit: CPU-time limit of {settings.cpu_seconds} s exceeded"
+    if not text:
+        return {}, f"QC child died (status {done.get('status')}, signal {sig})"
     try:
-        result = json.loads(raw.decode("utf-8"))
+        result = json.loads(text)
     except ValueError:
         return {}, "QC child sent an unreadable result"
     if not isinstance(result, dict):
@@ -148,18 +188,6 @@ def run_sandboxed(path: Path, settings: QCSettings) -> tuple[dict, str | None]:
             return {}, "sandbox limit: memory limit exceeded"
         return {}, f"QC child failed: {msg}"
     return result, None
-
-
-def _kill(proc) -> None:
-    """SIGKILL the child's process group (its ffmpeg too), then the child."""
-    if proc.pid is None:
-        return
-    for fn in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
-        try:
-            fn()
-        except (ProcessLookupError, PermissionError, OSError, AttributeError):
-            pass
-    proc.join(timeout=5)
 
 
 def check_file(

@@ -354,9 +354,10 @@ def check_stereo(
         low_corr: low-band L/R correlation (:func:`low_band_correlation`).
 
     Polarity is ``warning`` when the low band is anti-correlated below
-    ``polarity_low_corr``; ``uncertain`` when the full band is clearly negative
-    but the low band is too weak to settle it (spaced-microphone recordings
-    have near-zero correlation of their own).
+    ``polarity_low_corr``; ``uncertain`` when the low band is only slightly
+    negative (in [-0.3, 0)), or the full band is clearly negative but the low band too weak
+    to settle it (spaced-microphone recordings have near-zero correlation of
+    their own; the real tracks here have low-band correlation >= +0.11).
     """
     if ch.shape[0] < 2:
         return []
@@ -375,7 +376,8 @@ def check_stereo(
     elif low_corr is not None and low_corr < th.polarity_low_corr:
         out.append(Defect(code="polarity_inverted", severity=Severity.warning,
                           detail=f"low-band L/R correlation {low_corr:+.2f}: one channel looks inverted"))
-    elif corr is not None and corr < -0.2 and (low_corr is None or low_corr < 0.2):
+    elif (low_corr is not None and low_corr < 0.0) or (
+            corr is not None and corr < -0.1 and (low_corr is None or low_corr < 0.2)):
         lc = "undefined" if low_corr is None else f"{low_corr:+.2f}"
         out.append(Defect(code="polarity_inverted", severity=Severity.uncertain,
                           detail=f"L/R correlation {corr:+.2f}, low band {lc}: inverted polarity "
@@ -385,13 +387,13 @@ def check_stereo(
 
 def spectral_cutoff(ch: np.ndarray, sr: int, th: Thresholds = DEFAULT_THRESHOLDS, frames: int = 48,
                     n_fft: int = 4096) -> float | None:
-    """Frequency of the highest steep spectral edge (a brick-wall cutoff), Hz.
+    """Frequency of the lowest steep spectral edge (a brick-wall cutoff), Hz.
 
     The spectrum is the mean Hann-windowed power of the ``frames`` loudest of
     up to 4 x ``frames`` evenly spaced frames of ``n_fft`` samples (mono mix,
     mean removed), in dB. An edge at f is where the mean level over [f/1.3, f]
-    is more than ``bandwidth_db`` / 2 dB above the maximum level anywhere
-    above 1.3 f: an encoder or resampler low-pass leaves such an edge, a
+    is more than ``bandwidth_db`` / 2 dB above the mean over [1.3 f, 1.69 f]
+    and ``bandwidth_db`` / 3 dB above the mean of everything above 1.3 f: an encoder or resampler low-pass leaves such an edge, a
     naturally dark recording rolls off gradually and does not.
 
     Args:
@@ -418,16 +420,31 @@ def spectral_cutoff(ch: np.ndarray, sr: int, th: Thresholds = DEFAULT_THRESHOLDS
     sdb = 10 * np.log10(spec + 1e-30)
     nb = len(sdb)
     ref = sdb[1:].max()
-    above_max = np.maximum.accumulate(sdb[::-1])[::-1]  # max over [k, end)
     cs = np.concatenate(([0.0], np.cumsum(sdb)))
+
+    def band_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # mean of sdb[a:b]
+        b = np.maximum(b, a + 1)
+        return (cs[b] - cs[a]) / (b - a)
+
     k = np.arange(8, nb)
     lo = np.maximum(1, (k / 1.3).astype(int))
-    below_mean = (cs[k + 1] - cs[lo]) / (k + 1 - lo)
-    hi = np.minimum(nb - 1, np.ceil(k * 1.3).astype(int))
-    ok = (hi < nb - 1) & (below_mean - above_max[hi] > th.bandwidth_db / 2) & (below_mean > ref - 2 * th.bandwidth_db)
+    hi1 = np.minimum(nb - 1, np.ceil(k * 1.3).astype(int))
+    hi2 = np.minimum(nb, np.ceil(k * 1.69).astype(int))
+    below = band_mean(lo, k + 1)
+    next_band = band_mean(hi1, hi2)
+    rest = band_mean(hi1, np.full_like(hi1, nb))
+    ok = ((hi1 < nb - 8) & (below - next_band > th.bandwidth_db / 2)
+          & (below - rest > th.bandwidth_db / 3) & (below > ref - 2 * th.bandwidth_db))
     if not ok.any():
         return sr / 2
-    return float(k[np.flatnonzero(ok)[-1]] * sr / n_fft)
+    idx = np.flatnonzero(ok)
+    run_end = idx[0]
+    while run_end + 1 < len(ok) and ok[run_end + 1]:
+        run_end += 1
+    drop = (below - next_band)[idx[0] : run_end + 1]
+    best = idx[0] + int(np.argmax(drop))
+    # the steepest drop sits between the two bands: report the band edge
+    return float(k[best] * 1.15 * sr / n_fft)
 
 
 def expected_cutoff_hz(sr: int, codec: str | None, lossy: bool) -> float:
