@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import faust
+from faust.types import TP
 
 from stream.config import Settings
 from stream.driver import StageDriver
@@ -99,13 +100,19 @@ def create_app(
         "qc_reports": app.topic(t.qc_reports, value_type=bytes, key_type=bytes),
     }
 
+    def owner(topic: str):
+        def owns(partition: int) -> bool:
+            return TP(topic, partition) in app.consumer.assignment()
+
+        return owns
+
     account = StageDriver(
         "account", account_partition_factory(s, lambda: build_account_model(s, models)),
-        s, metrics, out, t.plays, audit_path,
+        s, metrics, out, t.plays, audit_path, owns=owner(t.plays),
     )
     catalog = StageDriver(
         "catalog", catalog_partition_factory(s, lambda: build_catalog_model(s, models)),
-        s, metrics, out, t.plays_by_artist, audit_path,
+        s, metrics, out, t.plays_by_artist, audit_path, owns=owner(t.plays_by_artist),
     )
     app.drivers.extend([account, catalog])
     detectors = {

@@ -14,6 +14,18 @@ CONVENTIONS.md, "State and offsets move together":
 5. only then are the events acked, so Faust commits an offset only when the
    alerts of every record before it are produced and a snapshot covers it.
 
+Faust's ``take_events`` acks every event of a batch by itself when the agent
+asks for the next batch, even on a ``noack()`` stream (faust-streaming 0.15.3,
+``Stream.take_events``), so a commit could run ahead of the snapshot; a crash
+then restored an older snapshot and resumed after it, losing the state of the
+records in between (found by ``tests/test_reliability_crash.py``). The driver
+therefore takes one extra reference on each message (``Message.incref``):
+Faust's own ack only drops that count back, and the final ack, the one that
+lets Faust commit, is the driver's, after the snapshot.
+
+Events of a partition this worker no longer owns (buffered before a
+revocation) are neither processed nor acked: their new owner reads them again.
+
 This gives at-least-once processing; deterministic ``alert_id``s make repeated
 alerts identical, and ``next_offset`` in the snapshot keeps re-read records
 from being counted twice in state.
@@ -100,6 +112,8 @@ class StageDriver:
         input_topic: name of the input topic (metric label).
         audit_path: optional JSONL file that records every processed offset
             range (``stage, partition, first, last``) for crash audits.
+        owns: ``owns(partition)`` is True while this worker is assigned that
+            input partition; None trusts every event.
     """
 
     def __init__(
@@ -111,7 +125,9 @@ class StageDriver:
         topics: dict,
         input_topic: str,
         audit_path: Path | None = None,
+        owns: Callable[[int], bool] | None = None,
     ):
+        self.owns = owns
         self.stage = stage
         self.make_partition = make_partition
         self.settings = settings
@@ -130,8 +146,15 @@ class StageDriver:
         """Process one ``take_events`` micro-batch (events of any partitions)."""
         by_part: dict[int, list] = defaultdict(list)
         for e in events:
+            # hold one reference until our own ack: take_events acks the
+            # batch by itself when it resumes (see module docstring)
+            e.message.incref()
             by_part[e.message.partition].append(e)
         async with self.lock:
+            if self.owns is not None:
+                for p in [p for p in by_part if not self.owns(p)]:
+                    log.info("dropping %d buffered events of revoked %s/%d", len(by_part[p]), self.stage, p)
+                    del by_part[p]
             missing = [p for p in by_part if p not in self.runtimes]
             if missing:
                 await self._restore(missing)
@@ -149,7 +172,9 @@ class StageDriver:
         return time.monotonic() - self.last_snapshot >= interval
 
     async def _run_partition(self, p: int, evs: list) -> None:
-        rt = self.runtimes[p]
+        rt = self.runtimes.get(p)
+        if rt is None:  # dropped by a revocation that could not wait for the lock
+            return
         recs = [
             Record(e.message.topic, p, e.message.offset, e.message.key, e.message.value, e.message.timestamp)
             for e in evs
@@ -164,7 +189,8 @@ class StageDriver:
             self._audit_fh.write(json.dumps({"stage": self.stage, "partition": p, "first": recs[0].offset,
                                              "last": recs[-1].offset, "n": len(recs), "skipped": out.skipped,
                                              "valid": out.valid, "t": time.time()}) + "\n")
-        self.pending[p].extend(evs)
+        if self.runtimes.get(p) is rt:  # not revoked meanwhile: ack after the next snapshot
+            self.pending[p].extend(evs)
 
     async def _produce(self, out: StageOutput) -> None:
         m = self.metrics
@@ -228,8 +254,10 @@ class StageDriver:
         if futs:
             await asyncio.gather(*futs)
         for p in partitions:
-            for e in self.pending.pop(p, []):
-                e.ack()
+            evs = self.pending.pop(p, [])
+            if p in self.runtimes:  # only what a snapshot now covers is acked
+                for e in evs:
+                    e.ack()
         self.last_snapshot = time.monotonic()
         self.snapshot_cost_s = self.last_snapshot - t0
 
