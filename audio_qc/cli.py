@@ -163,7 +163,11 @@ def register(app: typer.Typer) -> None:
         fail_on: str = typer.Option("error", "--fail-on", help="Exit 1 when a defect of at least this severity is found."),
     ) -> None:
         """Audio QC: integrity, loudness (BS.1770-4), true peak and defects."""
-        code = run_qc(paths, as_json=as_json, declared=declared, profile=profile, fail_on=fail_on)
+        try:
+            code = run_qc(paths, as_json=as_json, declared=declared, profile=profile, fail_on=fail_on)
+        except click.ClickException as exc:
+            print(f"playguard qc: error: {exc.format_message()}", file=sys.stderr)
+            sys.exit(2)
         if code:
             # SystemExit rather than typer.Exit: ``stream.cli.main`` runs click
             # with standalone_mode=False, which turns typer.Exit into a return

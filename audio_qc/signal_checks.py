@@ -394,7 +394,9 @@ def spectral_cutoff(ch: np.ndarray, sr: int, th: Thresholds = DEFAULT_THRESHOLDS
     mean removed), in dB. An edge at f is where the mean level over [f/1.3, f]
     is more than ``bandwidth_db`` / 2 dB above the mean over [1.3 f, 1.69 f]
     and ``bandwidth_db`` / 3 dB above the mean of everything above 1.3 f: an encoder or resampler low-pass leaves such an edge, a
-    naturally dark recording rolls off gradually and does not.
+    naturally dark recording rolls off gradually and does not. Edges are
+    searched from 2 kHz up (below that, the gaps between the partials of
+    tonal music look like edges).
 
     Args:
         ch: shape (n_channels, n_samples).
@@ -426,7 +428,7 @@ def spectral_cutoff(ch: np.ndarray, sr: int, th: Thresholds = DEFAULT_THRESHOLDS
         b = np.maximum(b, a + 1)
         return (cs[b] - cs[a]) / (b - a)
 
-    k = np.arange(8, nb)
+    k = np.arange(max(8, int(2000 * n_fft / sr)), nb)  # edges from 2 kHz up
     lo = np.maximum(1, (k / 1.3).astype(int))
     hi1 = np.minimum(nb - 1, np.ceil(k * 1.3).astype(int))
     hi2 = np.minimum(nb, np.ceil(k * 1.69).astype(int))
