@@ -28,7 +28,7 @@ Account features (per touched account, after the batch):
 ``new_identity_plays``      plays from a new device, IP and country at once
 ``overlaps``                plays starting > 60 s before the previous play ended
                             on another device (two streams at once), tau 12 h
-``country_switches``        consecutive plays < 2 h apart in different
+``country_switches``        consecutive plays < 30 min apart in different
                             countries (travel speed beyond flight), tau 12 h
 ``ips_today`` / ``devices_today`` / ``countries_today``  distinct IPs, devices
                             and countries of the account today (64-bit
@@ -59,6 +59,9 @@ DAY = 86400.0
 TAU_SHORT = 3600.0
 TAU_DAY = 12 * 3600.0
 TAU_WEEK = 7 * 86400.0
+#: Consecutive plays in different countries closer than this (s) are an
+#: impossible journey (no flight is that fast between most country pairs).
+TRAVEL_GAP_S = 1800.0
 
 #: Names of the feature columns returned by :meth:`AccountFeatures.update`.
 FEATURE_NAMES = (
@@ -254,7 +257,7 @@ class AccountFeatures:
         add_s("gap_s2", wd_s * np.where(okgap, gap * gap, 0.0))
         ovl = has_prev & (st_s < prev_end - 60.0) & (dev_s != prev_dev) & (dev_s != 0) & (prev_dev != 0)
         add_s("ovl", wd_s * ovl)
-        trav = has_prev & (gap < 2 * HOUR) & (ctry_s != prev_ctry) & (ctry_s != 0) & (prev_ctry != 0)
+        trav = has_prev & (gap < TRAVEL_GAP_S) & (ctry_s != prev_ctry) & (ctry_s != 0) & (prev_ctry != 0)
         add_s("travel", wd_s * trav)
         last = np.ones(n, bool)
         last[:-1] = a_s[1:] != a_s[:-1]

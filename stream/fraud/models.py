@@ -4,7 +4,9 @@
   account, IP and device features (:mod:`stream.fraud.features_account`),
   scored as a sum of surprise terms (:mod:`stream.fraud.evidence`) plus a
   HalfSpaceTrees anomaly term on the same feature vectors
-  (:class:`detectors.hst.HalfSpaceTrees`, scored then learned per batch);
+  (:class:`detectors.hst.HalfSpaceTrees`, scored then learned per batch),
+  calibrated to a tail probability by :class:`detectors.calibration.QuantileCalibrator`
+  fed with the stream's own (mostly benign) scores;
   raises ``account_fraud`` alerts on accounts and ``ip_fanin`` alerts on IPs.
 * :class:`CatalogFraudModel` (catalog stage, one per ``plays.by_artist``
   partition): track / artist concentration, lockstep co-plays and new-artist
@@ -67,8 +69,8 @@ class FraudParams:
     ips_free: float = 6.0            # distinct IPs of an account in a day seen as normal
     devices_free: float = 3.0        # distinct devices in a day (phone, laptop, speaker)
     countries_free: float = 3.0      # home + VPN exits / a trip
-    hst_weight: float = 1.0          # nats per unit of HST score above hst_free
-    hst_free: float = 0.9
+    hst_weight: float = 1.0          # weight of the calibrated HST term
+    hst_free: float = 4.0            # -log10 tail probability of an HST score given for free
     # catalog stage
     p_heavy: float = 0.1             # benign share of heavy listeners of a track / artist
     min_heavy: int = 3               # heavy listeners before concentration counts
@@ -147,8 +149,11 @@ class AccountFraudModel:
         self.features = AccountFeatures(ttl_s=settings.detection.state_ttl_s)
         self.alerts_ = _AlertLog()
         self.hst = self._make_hst()
+        self.hst_cal = self._make_calibrator()
         self.n_batches_ = 0
         self.max_ts_ = 0.0
+        self.hst_n_ = 0
+        self.hst_cal_ready_ = False
         self.score_sink: ScoreSink | None = None
 
     @staticmethod
@@ -158,6 +163,14 @@ class AccountFraudModel:
         except ImportError:  # detectors not installed: evidence terms only
             return None
         return HalfSpaceTrees(seed=0) if "seed" in HalfSpaceTrees.__init__.__code__.co_varnames else HalfSpaceTrees()
+
+    @staticmethod
+    def _make_calibrator():
+        try:
+            from detectors.calibration import QuantileCalibrator
+        except ImportError:
+            return None
+        return QuantileCalibrator()
 
     def _hst_input(self, X: np.ndarray) -> np.ndarray:
         Z = np.nan_to_num(X, nan=0.0)
@@ -177,7 +190,9 @@ class AccountFraudModel:
             "gap_cv": np.where(gap_n >= 10, 40.0 * np.maximum(p.gap_cv_max - cv, 0.0), 0.0),
             "odd_hour_new_device": np.maximum(0.5 * F["odd_hour_new_device"] + F["new_identity_plays"]
                                               - p.new_identity_free, 0.0),
-            "country_switches": 3.0 * np.maximum(F["country_switches"] - 3.0, 0.0),
+            # impossible journeys count among 3+ countries a day: ping-pong
+            # between two places is a shared account or a VPN toggle
+            "country_switches": 4.0 * np.maximum(F["country_switches"] - 1.0, 0.0) * (F["countries_today"] > 2.5),
             "overlaps": 2.0 * np.maximum(F["overlaps"] - 1.0, 0.0),
             "ip_accounts": 0.5 * np.log(np.maximum(F["ip_accounts"] / p.ip_accounts_free, 1.0)) * np.minimum(n12, 30.0),
             "device_accounts": 2.0 * np.maximum(F["device_accounts"] - p.device_accounts_free, 0.0),
@@ -202,7 +217,16 @@ class AccountFraudModel:
             Z = self._hst_input(X)
             hs = np.asarray(self.hst.score_many(Z), np.float64)
             self.hst.learn_many(Z)
-            terms["hst"] = p.hst_weight * np.maximum(hs - p.hst_free, 0.0) * 10.0
+            if self.hst_cal is not None:
+                # calibrated: -log10 tail probability of the HST score on the
+                # stream so far (mostly benign); evidence beyond 1 in 10^hst_free
+                cal = np.asarray(self.hst_cal.transform(hs), np.float64) if self.hst_cal_ready_ else np.zeros(len(hs))
+                self.hst_cal.learn_many(hs)
+                self.hst_n_ += len(hs)
+                self.hst_cal_ready_ = self.hst_n_ >= 20_000
+                terms["hst"] = p.hst_weight * np.log(10.0) * np.maximum(cal - p.hst_free, 0.0)
+            else:
+                terms["hst"] = np.zeros(len(hs))
         score = np.sum(list(terms.values()), axis=0)
         inv = aux["inv"]
         if self.score_sink is not None:
@@ -227,7 +251,7 @@ class AccountFraudModel:
                 if k in FEATURE_NAMES:
                     feats.append((k, X[j, FEATURE_NAMES.index(k)], self._TYPICAL[k]))
                 elif k == "hst":
-                    feats.append(("hst_score", terms[k][j] / 10.0 + p.hst_free, p.hst_free))
+                    feats.append(("hst_neg_log10_tail_probability", terms[k][j] / np.log(10.0) + p.hst_free, 0.0))
             ev_idx = np.flatnonzero(inv == j)
             alerts.append(_alert(
                 "account_fraud", "account", acc, tmax[j], score[j], top, _feature_dict(feats),
@@ -271,6 +295,8 @@ class AccountFraudModel:
         """Snapshot (msgpack-able via :mod:`detectors.serialize`)."""
         return {"features": self.features.state_dict(), "alerted": dict(self.alerts_.last_),
                 "hst": self.hst.state_dict() if self.hst is not None else None,
+                "hst_cal": self.hst_cal.state_dict() if self.hst_cal is not None else None,
+                "hst_n": self.hst_n_,
                 "n_batches": self.n_batches_, "max_ts": self.max_ts_, "params": asdict(self.params)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -279,6 +305,10 @@ class AccountFraudModel:
         self.alerts_.last_ = {k: int(v) for k, v in state["alerted"].items()}
         if self.hst is not None and state.get("hst") is not None:
             self.hst.load_state_dict(state["hst"])
+        if self.hst_cal is not None and state.get("hst_cal") is not None:
+            self.hst_cal.load_state_dict(state["hst_cal"])
+        self.hst_n_ = int(state.get("hst_n", 0))
+        self.hst_cal_ready_ = self.hst_n_ >= 20_000
         self.n_batches_ = int(state["n_batches"])
         self.max_ts_ = float(state["max_ts"])
 
