@@ -1,0 +1,323 @@
+"""Soak test: a steady replay at 80% of the measured maximum throughput (not a test).
+
+Issue 13, "Load". Steps, on the embedded broker (or ``--bootstrap``):
+
+1. plan a replay of the real listening data with ``plan_replay(..., loop=N)``
+   (``playguard replay --loop N`` semantics: every pass has fresh event ids and
+   tiles the time before the start, so nothing is dropped as a duplicate);
+2. **maximum throughput**: start one worker (``--models``, default ``full``)
+   and send the first ``--backlog`` planned plays as fast as possible; the
+   maximum is the worker's consumption rate while the producer runs beside it
+   (on a 2-core machine they share the CPUs, as in the soak). The rate of
+   draining the rest alone is reported too. ``--rate`` skips this step;
+3. **soak**: send the following plays at ``--load`` (default 0.8) x that rate
+   for ``--minutes`` (default 10), sampling every ``--every`` seconds the
+   worker's RSS (``/proc/<pid>/status``), consumer lag
+   (``playguard_consumer_lag_records`` on ``plays``, from fetch high
+   watermarks) and the ``playguard_alert_latency_seconds`` histogram;
+4. report RSS growth after the warm-up (first ``--warmup`` fraction of the
+   soak), p50/p99 alert latency over the soak window (bucket counts at the end
+   minus those at the start, interpolated as PromQL ``histogram_quantile``
+   does), lag, achieved rate and the machine load (``os.getloadavg``).
+
+Targets (issue 13): RSS growth <= 10% after warm-up; p99 latency <= 1 s.
+
+Usage::
+
+    python bench/soak.py [--minutes 10] [--rate R] [--load 0.8] [--loop 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from aiokafka import AIOKafkaProducer  # noqa: E402
+
+from stream.adapters import load_listening  # noqa: E402
+from stream.batch import PlayBatch  # noqa: E402
+from stream.broker import EmbeddedBroker  # noqa: E402
+from stream.config import Settings  # noqa: E402
+from stream.replay import encode_rows, plan_replay  # noqa: E402
+from tests.kafka_helpers import WorkerProcess  # noqa: E402
+
+LATENCY = "playguard_alert_latency_seconds"
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of ``pid`` in MiB (``VmRSS`` of /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise ValueError(f"no VmRSS for pid {pid}")
+
+
+def histogram(text: str, name: str, **labels) -> dict[float, float]:
+    """Cumulative bucket counts ``{le: count}`` of histogram ``name`` in a scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[float, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name + "_bucket" and all(s.labels.get(k) == v for k, v in labels.items()):
+                le = float(s.labels["le"])
+                out[le] = out.get(le, 0.0) + s.value
+    return out
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Quantile ``q`` from cumulative buckets, linear within a bucket (as
+    PromQL ``histogram_quantile``). None when the histogram is empty.
+
+    Args:
+        q: quantile in [0, 1].
+        buckets: ``{upper bound: cumulative count}``, including ``+Inf``.
+    """
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    total = buckets[bounds[-1]]
+    rank = q * total
+    prev_b, prev_c = 0.0, 0.0
+    for b in bounds:
+        c = buckets[b]
+        if c >= rank:
+            if b == float("inf"):
+                return prev_b
+            if c == prev_c:
+                return b
+            return prev_b + (b - prev_b) * (rank - prev_c) / (c - prev_c)
+        prev_b, prev_c = b, c
+    return bounds[-1]
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """Sum of the samples of ``name`` matching ``labels`` in a scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    tot = 0.0
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                tot += s.value
+    return tot
+
+
+class Producer:
+    """Sends planned plays in order from a background thread at a settable rate
+    (plays/s; 0 = as fast as possible), in 50 ms steps."""
+
+    def __init__(self, s: Settings, batch: PlayBatch):
+        self.s, self.batch = s, batch
+        self.sent = 0
+        self.limit = 0
+        self.rate = 0.0
+        self.stop = False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            self.error = exc
+
+    async def _main(self):
+        p = AIOKafkaProducer(bootstrap_servers=self.s.bootstrap_servers, linger_ms=10,
+                             max_batch_size=512 * 1024, acks=1, **self.s.kafka_client_kwargs())
+        await p.start()
+        try:
+            topic = self.s.topics.plays
+            t_last, credit = time.monotonic(), 0.0
+            while not self.stop:
+                now = time.monotonic()
+                if self.rate > 0:
+                    credit = min(credit + (now - t_last) * self.rate, self.rate)  # at most 1 s of burst
+                    n = int(credit)
+                else:
+                    n = 5000
+                t_last = now
+                n = min(n, self.limit - self.sent)
+                if n <= 0:
+                    await asyncio.sleep(0.05)
+                    continue
+                part = self.batch.take(np.arange(self.sent, self.sent + n))
+                futs = [await p.send(topic, v, key=part.account_id[i].encode())
+                        for i, v in enumerate(encode_rows(part))]
+                await asyncio.gather(*futs)
+                self.sent += n
+                credit = credit - n if self.rate > 0 else 0.0
+                if self.rate > 0:
+                    await asyncio.sleep(0.05)
+        finally:
+            await p.stop()
+
+
+def audit_rate(path: Path, n: int) -> tuple[float, int]:
+    """Plays/s over the account-stage batches of the audit file (first to last
+    batch, the first batch's plays excluded), and plays seen."""
+    rows = [json.loads(x) for x in path.read_text().splitlines() if '"account"' in x]
+    rows.sort(key=lambda r: r["t"])
+    seen = sum(r["n"] for r in rows)
+    if len(rows) < 2:
+        return 0.0, seen
+    return (seen - rows[0]["n"]) / max(1e-9, rows[-1]["t"] - rows[0]["t"]), seen
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--rate", type=float, default=0.0, help="plays/s to hold (skips the max-throughput step)")
+    ap.add_argument("--load", type=float, default=0.8, help="fraction of the measured maximum to hold")
+    ap.add_argument("--loop", type=int, default=3, help="replay passes (playguard replay --loop)")
+    ap.add_argument("--backlog", type=int, default=100_000, help="plays used to measure the maximum")
+    ap.add_argument("--models", default="full")
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--warmup", type=float, default=0.2, help="fraction of the soak treated as warm-up")
+    ap.add_argument("--every", type=float, default=15.0, help="sampling period, s")
+    ap.add_argument("--bootstrap", default=None)
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args(argv)
+
+    base = Settings()
+    work = Path(tempfile.mkdtemp(prefix="playguard-soak-"))
+    broker = None
+    if a.bootstrap is None:
+        broker = EmbeddedBroker(log_path=work / "broker.log").start()
+    bootstrap = a.bootstrap or broker.bootstrap
+    prefix = f"soak{int(time.time()) % 10**7}."
+    s = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=a.partitions, app_id=prefix + "w")
+    env = {"PLAYGUARD_BOOTSTRAP_SERVERS": bootstrap, "PLAYGUARD_TOPIC_PREFIX": prefix,
+           "PLAYGUARD_PARTITIONS": str(a.partitions), "PLAYGUARD_APP_ID": prefix + "w"}
+    out: dict = {"models": a.models, "minutes": a.minutes, "load_fraction": a.load, "loop": a.loop,
+                 "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
+    w = None
+    try:
+        t0 = time.monotonic()
+        batch = load_listening(base.listening_path)
+        plan = plan_replay(batch, time.time() - 3600, loop=a.loop)
+        del batch
+        print(f"planned {len(plan):,} plays ({a.loop} passes) in {time.monotonic() - t0:.0f} s", flush=True)
+        prod = Producer(s, plan)
+        audit = work / "audit.jsonl"
+        w = WorkerProcess(env, ["--models", a.models, "--no-audio", "--audit", str(audit)], log=work / "worker.log")
+        w.start()
+        prod.thread.start()
+        warm_n = 0
+        if a.rate <= 0:
+            # maximum throughput of the closed system: the producer sends the
+            # backlog as fast as it can while the worker drains it, so the
+            # worker is saturated and shares the CPUs with the producer, as in
+            # the soak. Measured over the window in which both run.
+            prod.rate, prod.limit = 0.0, a.backlog
+            c_first = t_first = None
+            deadline = time.monotonic() + 900
+            while time.monotonic() < deadline:
+                if prod.error:
+                    raise prod.error
+                done = w.metric("playguard_events_consumed_total", topic=s.topics.plays)
+                now = time.monotonic()
+                if t_first is None and done > 0:
+                    c_first, t_first = done, now
+                if prod.sent >= a.backlog and t_first is not None and now - t_first >= 5:
+                    break
+                time.sleep(0.5)
+            max_rate = (done - c_first) / (now - t_first)
+            while w.metric("playguard_events_consumed_total", topic=s.topics.plays) < a.backlog:
+                time.sleep(1.0)  # drain the rest: the soak starts with no lag
+            drain_rate, seen = audit_rate(audit, a.backlog)
+            out.update(max_rate=max_rate, max_rate_drain_only=drain_rate)
+            rate = a.load * max_rate
+            warm_n = a.backlog
+            print(f"maximum with the producer running: {max_rate:,.0f} plays/s; draining alone: "
+                  f"{drain_rate:,.0f} plays/s over {seen:,} plays; holding {rate:,.0f} plays/s", flush=True)
+        else:
+            rate = a.rate
+        out["target_rate"] = rate
+        need = warm_n + int(rate * a.minutes * 60 * 1.05)
+        if need > len(plan):
+            print(f"warning: plan holds {len(plan):,} plays, {need:,} needed; raise --loop", flush=True)
+        prod.limit, prod.rate = min(len(plan), need), rate
+
+        samples = []
+        t_start = time.monotonic()
+        sent0 = prod.sent
+        text0 = w.scrape()
+        h0 = histogram(text0, LATENCY, kind="play_fraud")
+        consumed0 = metric(text0, "playguard_events_consumed_total", topic=s.topics.plays)
+        t_warm = t_start + a.warmup * a.minutes * 60
+        h_warm = None
+        print(f"{'t_s':>6} {'sent':>10} {'consumed':>10} {'lag':>8} {'rss_MiB':>8} {'alerts':>8} {'load1':>6}",
+              flush=True)
+        while time.monotonic() - t_start < a.minutes * 60:
+            time.sleep(a.every)
+            if prod.error:
+                raise prod.error
+            if w.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {w.proc.returncode}")
+            text = w.scrape()
+            row = {"t": time.monotonic() - t_start, "sent": prod.sent - sent0,
+                   "consumed": metric(text, "playguard_events_consumed_total", topic=s.topics.plays) - consumed0,
+                   "lag": metric(text, "playguard_consumer_lag_records", topic=s.topics.plays),
+                   "rss": rss_mb(w.proc.pid), "alerts": metric(text, "playguard_alerts_total"),
+                   "load1": os.getloadavg()[0]}
+            if h_warm is None and time.monotonic() >= t_warm:
+                h_warm = histogram(text, LATENCY, kind="play_fraud")
+                row["warm"] = True
+            samples.append(row)
+            print(f"{row['t']:6.0f} {row['sent']:10,.0f} {row['consumed']:10,.0f} {row['lag']:8,.0f} "
+                  f"{row['rss']:8.1f} {row['alerts']:8,.0f} {row['load1']:6.2f}", flush=True)
+        h1 = histogram(w.scrape(), LATENCY, kind="play_fraud")
+        dur = samples[-1]["t"]
+        warm_rows = [r for r in samples if r["t"] >= a.warmup * a.minutes * 60] or samples
+        rss_w = warm_rows[0]["rss"]
+        win = {le: h1.get(le, 0) - (h_warm or h0).get(le, 0) for le in h1}
+        win_all = {le: h1.get(le, 0) - h0.get(le, 0) for le in h1}
+        out.update(
+            duration_s=dur, sent=samples[-1]["sent"], consumed=samples[-1]["consumed"],
+            achieved_rate=samples[-1]["consumed"] / dur,
+            rss_start_mib=samples[0]["rss"], rss_after_warmup_mib=rss_w, rss_end_mib=samples[-1]["rss"],
+            rss_max_mib=max(r["rss"] for r in samples),
+            rss_growth_after_warmup=(samples[-1]["rss"] - rss_w) / rss_w,
+            latency_alerts=win.get(float("inf"), 0.0),
+            latency_p50_s=histogram_quantile(0.5, win), latency_p99_s=histogram_quantile(0.99, win),
+            latency_p99_whole_soak_s=histogram_quantile(0.99, win_all),
+            lag_mean=float(np.mean([r["lag"] for r in warm_rows])), lag_max=max(r["lag"] for r in samples),
+            lag_end=samples[-1]["lag"], loadavg_end=os.getloadavg(), samples=samples,
+        )
+        print("\nsummary")
+        for k in ("max_rate", "max_rate_drain_only", "target_rate", "achieved_rate", "rss_after_warmup_mib", "rss_end_mib", "rss_max_mib",
+                  "rss_growth_after_warmup", "latency_alerts", "latency_p50_s", "latency_p99_s",
+                  "latency_p99_whole_soak_s", "lag_mean", "lag_max", "lag_end", "loadavg_start", "loadavg_end"):
+            v = out.get(k)
+            print(f"  {k:28s} {v:,.3f}" if isinstance(v, float) else f"  {k:28s} {v}")
+        ok_rss = out["rss_growth_after_warmup"] <= 0.10
+        ok_lat = out["latency_p99_s"] is not None and out["latency_p99_s"] <= 1.0
+        print(f"  target RSS growth <= 10%: {'met' if ok_rss else 'NOT met'}; "
+              f"p99 <= 1 s: {'met' if ok_lat else 'NOT met'}")
+        if a.json:
+            a.json.write_text(json.dumps(out, indent=1, default=str))
+        prod.stop = True
+        return 0
+    finally:
+        if w is not None:
+            w.stop(signal.SIGTERM, 30)
+        if broker is not None:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
