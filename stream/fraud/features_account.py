@@ -347,12 +347,16 @@ class AccountFeatures:
     def _fanin(self, table: SlotTable, hll: list[HLLBank], ids, a, ts, day) -> np.ndarray:
         """Update an IP / device table; per-event distinct accounts (today and
         yesterday, HyperLogLog) of the event's IP / device (0 when absent)."""
-        has = np.fromiter((v is not None for v in ids), bool, len(ids))
         out = np.zeros(len(ids))
-        if not has.any():
+        n_none = ids.count(None)
+        if n_none == len(ids):
             return out
-        idx = np.flatnonzero(has)
-        s = table.lookup([ids[i] for i in idx])
+        if n_none:
+            idx = np.flatnonzero(np.fromiter((v is not None for v in ids), bool, len(ids)))
+            s = table.lookup([ids[i] for i in idx])
+        else:
+            idx = np.arange(len(ids))
+            s = table.lookup(ids)
         table.touch(s, ts[idx])
         for bank in hll:
             bank.resize(table.capacity)

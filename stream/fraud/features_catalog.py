@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import poisson
 
-from stream.batch import PlayBatch
+from stream.batch import UNKNOWN_IDS, PlayBatch
 from stream.fraud.evidence import binom_llr
 from stream.fraud.sketches import HLLBank, RotatingCountMin, combine
 from stream.fraud.slots import SlotTable
@@ -163,7 +163,10 @@ class CatalogFeatures:
             ``artist_heavy``, ``pair_track``, ``pair_artist`` (plays today),
             ``co`` (other plays in the track's bucket), ``new_artist`` (bool).
         """
-        known = batch.known_identity()
+        # same rule as PlayBatch.known_identity, with C-level membership tests
+        unk = UNKNOWN_IDS.__contains__
+        known = ~(np.fromiter(map(unk, batch.artist_id), bool, len(batch))
+                  | np.fromiter(map(unk, batch.track_id), bool, len(batch)))
         idx = np.flatnonzero(known)
         ts = np.asarray(batch.ts, np.float64)[idx]
         if self.t0_ == 0.0 and len(ts):

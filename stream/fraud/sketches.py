@@ -70,6 +70,9 @@ def _clz_rank(w: np.ndarray, bits: int) -> np.ndarray:
     return np.minimum(rank, 63).astype(np.uint8)
 
 
+_POW2_NEG = np.power(2.0, -np.arange(256, dtype=np.float64))
+
+
 class HLLBank:
     """HyperLogLog registers for many entities in one array.
 
@@ -118,10 +121,10 @@ class HLLBank:
     def estimate(self, slots: np.ndarray, other: "HLLBank | None" = None) -> np.ndarray:
         """Cardinality estimates (float64, shape (n,)) of ``slots``; with
         ``other``, of the union of both banks' registers (max-merge)."""
-        r = self.reg_[slots].astype(np.float64)
+        r = self.reg_[slots]
         if other is not None:
-            r = np.maximum(r, other.reg_[slots].astype(np.float64))
-        z = np.sum(np.power(2.0, -r), axis=1)
+            r = np.maximum(r, other.reg_[slots])
+        z = _POW2_NEG[r].sum(axis=1)
         e = self._alpha * self.m * self.m / z
         zeros = np.sum(r == 0, axis=1)
         small = (e <= 2.5 * self.m) & (zeros > 0)
@@ -224,26 +227,38 @@ class RotatingCountMin:
         self.period_ = np.full(k, -1, np.int64)
 
     def add(self, keys: np.ndarray, period: np.ndarray) -> None:
-        """Count ``keys`` (uint64, (n,)) in their ``period`` (int, (n,))."""
+        """Count ``keys`` (uint64, (n,)) in their ``period`` (int, (n,)).
+
+        Only the newest ``k`` periods of the call (and of the state) are kept,
+        so a sparse stream does not clear a sketch per skipped period."""
         period = np.asarray(period, np.int64)
-        for p in np.unique(period).tolist():
+        if len(period) == 0:
+            return
+        keys = np.asarray(keys)
+        lo = max(int(period.max()), int(self.period_.max())) - self.k + 1
+        ps = np.unique(period)
+        for p in ps[ps >= lo].tolist():
             j = p % self.k
             if self.period_[j] < p:
-                self.banks[j].clear()
+                if self.period_[j] >= 0:
+                    self.banks[j].clear()
                 self.period_[j] = p
             if self.period_[j] == p:
-                sel = period == p
-                self.banks[j].add(np.asarray(keys)[sel])
+                self.banks[j].add(keys if len(ps) == 1 else keys[period == p])
 
     def query(self, keys: np.ndarray, period: np.ndarray) -> np.ndarray:
         """Counts of ``keys`` in their ``period`` (0 for periods no longer kept)."""
         period = np.asarray(period, np.int64)
+        keys = np.asarray(keys)
         out = np.zeros(len(keys), np.int64)
-        for p in np.unique(period).tolist():
+        ps = np.unique(period)
+        for p in ps.tolist():
             j = p % self.k
             if self.period_[j] == p:
+                if len(ps) == 1:
+                    return self.banks[j].query(keys)
                 sel = period == p
-                out[sel] = self.banks[j].query(np.asarray(keys)[sel])
+                out[sel] = self.banks[j].query(keys[sel])
         return out
 
     def state_dict(self) -> dict:
