@@ -1,0 +1,116 @@
+"""Play-fraud stage models on small synthetic streams (issue 11)."""
+
+import numpy as np
+
+from detectors.serialize import dumps, loads
+from stream.batch import PlayBatch
+from stream.config import Settings
+from stream.fraud.models import AccountFraudModel, CatalogFraudModel
+from stream.fraud.sketches import CountMin, RotatingCountMin, linear_count, mix64
+from stream.fraud.slots import SlotTable
+from stream.schemas import group_entity_id
+
+T0 = 1_700_000_000.0 // 86400 * 86400
+
+
+def _rows(acc, ts, tracks, ms=200_000, **kw):
+    return [dict(event_id=f"{acc}-{i}-{t}", ts=float(t), account_id=acc, track_id=tr,
+                 artist_id=tr.split("::")[0], ms_played=ms, **kw) for i, (t, tr) in enumerate(zip(ts, tracks))]
+
+
+def _background(n_acc=30, days=2, seed=0):
+    """Benign listeners: random popular tracks at random times, own IP/device."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for a in range(n_acc):
+        ts = np.sort(T0 + rng.uniform(0, days * 86400, 60 * days))
+        tr = [f"Artist{int(k) % 40}::song {int(k)}" for k in rng.integers(0, 400, len(ts))]
+        rows += _rows(f"user{a}", ts, tr, ip=f"10.0.{a}.1", device_id=f"dev{a}", country="FR")
+    return rows
+
+
+def _run(model, rows, size=500):
+    rows = sorted(rows, key=lambda r: r["ts"])
+    out = []
+    for o in range(0, len(rows), size):
+        out += model.process(PlayBatch.from_dicts(rows[o:o + size]))
+    return out
+
+
+def test_lockstep_group_alert_lists_its_members():
+    rows = _background()
+    members = [f"bot{i}" for i in range(8)]
+    sched = T0 + 86400 + np.arange(0, 6 * 3600, 200.0)
+    for m in members:
+        rows += _rows(m, sched + 3.0, [f"SyncArtist::sync {k % 10}" for k in range(len(sched))])
+    alerts = _run(CatalogFraudModel(Settings()), rows)
+    groups = [a for a in alerts if a.detector == "lockstep"]
+    assert groups, "no lockstep group alert"
+    g = groups[0]
+    assert g.entity_type == "group" and set(g.evidence["members"]) <= set(members)
+    assert g.entity_id == group_entity_id(g.evidence["members"]) and len(g.evidence["members"]) >= 3
+    flagged = {a.entity_id for a in alerts if a.detector == "catalog_account"}
+    assert flagged and flagged <= set(members)  # no benign listener flagged
+
+
+def test_click_farm_behind_one_ip_alerts_ip_and_accounts():
+    rows = _background(n_acc=20)
+    ts = T0 + 86400 + np.arange(0, 4 * 3600, 150.0)
+    for i in range(70):
+        rows += _rows(f"phone{i}", ts + i, [f"Artist{k % 40}::song {k}" for k in range(len(ts))],
+                      ip="203.0.113.7", device_id=f"ph{i}", country="FR")
+    alerts = _run(AccountFraudModel(Settings()), rows)
+    ip_alerts = [a for a in alerts if a.detector == "ip_fanin"]
+    assert ip_alerts and ip_alerts[0].entity_id == "203.0.113.7"
+    flagged = {a.entity_id for a in alerts if a.detector == "account_fraud"}
+    assert len(flagged & {f"phone{i}" for i in range(70)}) >= 35
+    assert not flagged & {f"user{a}" for a in range(20)}
+
+
+def test_benign_background_raises_nothing_and_heavy_repeat_is_benign():
+    rows = _background(n_acc=20, days=3)
+    # a superfan replays one album all day (real listeners do: README)
+    ts = T0 + 86400 + np.arange(0, 14 * 3600, 210.0)
+    rows += _rows("superfan", ts, [f"NewAlbum::song {k % 12}" for k in range(len(ts))],
+                  ip="10.9.9.9", device_id="sf", country="FR")
+    model_a, model_c = AccountFraudModel(Settings()), CatalogFraudModel(Settings())
+    assert _run(model_a, rows) == []
+    assert _run(model_c, rows) == []
+
+
+def test_catalog_snapshot_roundtrip_and_entity_counts():
+    rows = sorted(_background(n_acc=10, days=1), key=lambda r: r["ts"])
+    m1 = CatalogFraudModel(Settings())
+    m1.process(PlayBatch.from_dicts(rows[:300]))
+    m2 = CatalogFraudModel(Settings())
+    m2.load_state_dict(loads(dumps(m1.state_dict())))
+    b = PlayBatch.from_dicts(rows[300:])
+    scores = {}
+    for name, m in (("a", m1), ("b", m2)):
+        m.score_sink = lambda stage, batch, s, name=name: scores.__setitem__(name, s)
+        m.process(b)
+    assert np.allclose(scores["a"], scores["b"])
+    assert m2.entity_counts()["account"] == 10 and m2.entity_counts()["track"] > 50
+
+
+def test_state_expires_after_inactivity():
+    t = SlotTable({"n": ("f4", ())}, ttl_s=100)
+    s = t.lookup(["a", "b"])
+    t.touch(s, np.array([0.0, 150.0]))
+    assert t.expire(now=200.0) == 1 and list(t.index_) == ["b"]
+    assert t.lookup(["c"])[0] == s[0]  # the freed slot is reused
+
+
+def test_count_min_and_rotation_and_linear_counting():
+    cm = CountMin(1 << 10, 2)
+    keys = mix64(np.arange(300, dtype=np.uint64))
+    cm.add(np.repeat(keys, 3))
+    assert np.all(cm.query(keys) >= 3) and np.mean(cm.query(keys) == 3) > 0.9
+    r = RotatingCountMin(1 << 8, 2, k=2)
+    r.add(keys[:5], np.full(5, 10))
+    r.add(keys[:5], np.full(5, 12))  # period 12 evicts period 10
+    assert r.query(keys[:5], np.full(5, 10)).sum() == 0 and r.query(keys[:5], np.full(5, 12)).min() >= 1
+    bits = np.zeros((1, 4), np.uint64)
+    for b in (mix64(np.arange(100, dtype=np.uint64)) & np.uint64(255)).astype(int).tolist():
+        bits[0, b >> 6] |= np.uint64(1) << np.uint64(b & 63)
+    assert 80 < linear_count(bits)[0] < 125
