@@ -254,7 +254,11 @@ def check_clipping(ch: np.ndarray, peaks: np.ndarray, th: Thresholds = DEFAULT_T
 
 def _residual(x: np.ndarray) -> np.ndarray:
     """Third difference x[n+3] - 3x[n+2] + 3x[n+1] - x[n] (float32)."""
-    return (x[3:] - x[:-3]) - 3.0 * (x[2:-1] - x[1:-2])
+    d = np.subtract(x[3:], x[:-3])
+    t = np.subtract(x[2:-1], x[1:-2])
+    t *= 3.0
+    d -= t
+    return d
 
 
 def click_candidates(ch: np.ndarray, sr: int, th: Thresholds = DEFAULT_THRESHOLDS,
