@@ -11,7 +11,7 @@ Track and artist state (per entity, O(1)):
   (newness);
 * unique listeners today and yesterday (HyperLogLog, 64 registers);
 * heavy listeners today: accounts whose plays of the entity today reach
-  ``heavy_track`` (4) or ``heavy_artist`` (15), counted when an
+  ``heavy_track`` (3) or ``heavy_artist`` (15), counted when an
   (account, entity, day) count-min counter crosses the limit;
 * share of plays ending between 30 and 40 s (decayed).
 
@@ -135,7 +135,7 @@ class CatalogFeatures:
         cms_width: count-min width (power of two).
     """
 
-    def __init__(self, ttl_s: float = 7 * DAY, heavy_track: int = 4, heavy_artist: int = 15,
+    def __init__(self, ttl_s: float = 7 * DAY, heavy_track: int = 3, heavy_artist: int = 15,
                  co_min: int = 3, co_p: float = 1e-3, cold_listeners: float = 20.0, loop_share: float = 0.3, bucket_s: int = 600, hll_p: int = 6, cms_width: int = 1 << 19):
         self.heavy_track = heavy_track
         self.heavy_artist = heavy_artist
