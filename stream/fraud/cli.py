@@ -18,8 +18,10 @@ from stream.config import Settings
 
 
 def _fail(msg: str) -> None:
+    """Print one readable line and exit with status 2 (SystemExit passes
+    through the ``playguard`` entry point, whatever its standalone mode)."""
     typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(2)
+    raise SystemExit(2)
 
 
 def _simulated(settings: Settings, accounts: int, days: int, fraud_share: float, scenario: list[str] | None,
