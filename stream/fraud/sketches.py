@@ -262,11 +262,32 @@ class RotatingCountMin:
         return out
 
     def state_dict(self) -> dict:
-        """Snapshot (msgpack-able)."""
-        return {"period": self.period_, "tables": [b.table_ for b in self.banks]}
+        """Snapshot (msgpack-able). Mostly-empty tables are stored sparsely
+        (flat indices and values of the non-zero counters) to keep changelog
+        snapshots small."""
+        tables = []
+        for b in self.banks:
+            t = b.table_
+            nz = np.flatnonzero(t)
+            if len(nz) * 2 < t.size:
+                tables.append({"shape": list(t.shape), "idx": nz.astype(np.int64), "val": t.ravel()[nz]})
+            else:
+                tables.append({"dense": t})
+        return {"period": self.period_, "tables": tables}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict`.
+
+        Raises:
+            ValueError: if a table's shape differs from this sketch's.
+        """
         self.period_ = np.asarray(state["period"], np.int64).copy()
         for b, t in zip(self.banks, state["tables"]):
-            b.table_ = np.asarray(t, np.int32).copy()
+            if "dense" in t:
+                arr = np.asarray(t["dense"], np.int32).copy()
+            else:
+                arr = np.zeros(tuple(t["shape"]), np.int32)
+                arr.ravel()[np.asarray(t["idx"], np.int64)] = np.asarray(t["val"], np.int32)
+            if arr.shape != b.table_.shape:
+                raise ValueError(f"count-min table shape {arr.shape} != {b.table_.shape}")
+            b.table_ = arr
