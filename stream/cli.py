@@ -197,8 +197,10 @@ def main() -> None:
     """Console-script entry point: run the app, turning errors into one line."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app(standalone_mode=False)
-    except SystemExit as exc:
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except SystemExit:
         raise
     except KeyboardInterrupt:
         sys.exit(130)

@@ -175,7 +175,9 @@ def run_demo(
     except ImportError:
         simulate = None
     if simulate is not None and (fraud_share > 0 or n_accounts > len(set(plan.account_id))):
-        lab = simulate(plan, n_accounts=n_accounts, fraud_share=fraud_share, seed=7)
+        # one camouflage level (L1, partly human-like) keeps the injected share near
+        # fraud_share on a small demo background; `playguard eval` covers L0-L2.
+        lab = simulate(plan, n_accounts=n_accounts, fraud_share=fraud_share, levels=("L1",), seed=7)
         plan, labels = lab.batch, lab
     fraud_accounts: set[str] = set()
     fraud_tracks: set[str] = set()
