@@ -13,8 +13,9 @@ Issue 13, "Load". Steps, on the embedded broker (or ``--bootstrap``):
 3. **soak**: send the following plays at ``--load`` (default 0.8) x that rate
    for ``--minutes`` (default 10), sampling every ``--every`` seconds the
    worker's RSS (``/proc/<pid>/status``), consumer lag
-   (``playguard_consumer_lag_records`` on ``plays``, from fetch high
-   watermarks) and the ``playguard_alert_latency_seconds`` histogram;
+   (``playguard_consumer_lag_records`` on ``plays`` and, as ``lag_fwd``, on
+   ``plays.by_artist``, from fetch high watermarks) and the
+   ``playguard_alert_latency_seconds`` histogram;
 4. report RSS growth after the warm-up (first ``--warmup`` fraction of the
    soak), p50/p99 alert latency over the soak window (bucket counts at the end
    minus those at the start, interpolated as PromQL ``histogram_quantile``
@@ -260,8 +261,8 @@ def main(argv=None) -> int:
         consumed0 = metric(text0, "playguard_events_consumed_total", topic=s.topics.plays)
         t_warm = t_start + a.warmup * a.minutes * 60
         h_warm = None
-        print(f"{'t_s':>6} {'sent':>10} {'consumed':>10} {'lag':>8} {'rss_MiB':>8} {'alerts':>8} {'load1':>6}",
-              flush=True)
+        print(f"{'t_s':>6} {'sent':>10} {'consumed':>10} {'lag':>8} {'lag_fwd':>8} {'rss_MiB':>8} {'alerts':>8} "
+              f"{'load1':>6}", flush=True)
         while time.monotonic() - t_start < a.minutes * 60:
             time.sleep(a.every)
             if prod.error:
@@ -272,6 +273,7 @@ def main(argv=None) -> int:
             row = {"t": time.monotonic() - t_start, "sent": prod.sent - sent0,
                    "consumed": metric(text, "playguard_events_consumed_total", topic=s.topics.plays) - consumed0,
                    "lag": metric(text, "playguard_consumer_lag_records", topic=s.topics.plays),
+                   "lag_fwd": metric(text, "playguard_consumer_lag_records", topic=s.topics.plays_by_artist),
                    "rss": rss_mb(w.proc.pid), "alerts": metric(text, "playguard_alerts_total"),
                    "load1": os.getloadavg()[0]}
             if h_warm is None and time.monotonic() >= t_warm:
@@ -279,6 +281,7 @@ def main(argv=None) -> int:
                 row["warm"] = True
             samples.append(row)
             print(f"{row['t']:6.0f} {row['sent']:10,.0f} {row['consumed']:10,.0f} {row['lag']:8,.0f} "
+                  f"{row['lag_fwd']:8,.0f} "
                   f"{row['rss']:8.1f} {row['alerts']:8,.0f} {row['load1']:6.2f}", flush=True)
         h1 = histogram(w.scrape(), LATENCY, kind="play_fraud")
         dur = samples[-1]["t"]
@@ -296,12 +299,13 @@ def main(argv=None) -> int:
             latency_p50_s=histogram_quantile(0.5, win), latency_p99_s=histogram_quantile(0.99, win),
             latency_p99_whole_soak_s=histogram_quantile(0.99, win_all),
             lag_mean=float(np.mean([r["lag"] for r in warm_rows])), lag_max=max(r["lag"] for r in samples),
-            lag_end=samples[-1]["lag"], loadavg_end=os.getloadavg(), samples=samples,
+            lag_end=samples[-1]["lag"], lag_fwd_mean=float(np.mean([r["lag_fwd"] for r in warm_rows])),
+            lag_fwd_max=max(r["lag_fwd"] for r in samples), loadavg_end=os.getloadavg(), samples=samples,
         )
         print("\nsummary")
         for k in ("max_rate", "max_rate_drain_only", "target_rate", "achieved_rate", "rss_after_warmup_mib", "rss_end_mib", "rss_max_mib",
                   "rss_growth_after_warmup", "latency_alerts", "latency_p50_s", "latency_p99_s",
-                  "latency_p99_whole_soak_s", "lag_mean", "lag_max", "lag_end", "loadavg_start", "loadavg_end"):
+                  "latency_p99_whole_soak_s", "lag_mean", "lag_max", "lag_end", "lag_fwd_mean", "lag_fwd_max", "loadavg_start", "loadavg_end"):
             v = out.get(k)
             print(f"  {k:28s} {v:,.3f}" if isinstance(v, float) else f"  {k:28s} {v}")
         ok_rss = out["rss_growth_after_warmup"] <= 0.10
