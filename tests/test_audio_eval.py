@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.realdata, pytest.mark.skipif(_missing, reason=_reason)
 
 #: Codes whose recall is below the 0.98 target in the full evaluation
 #: (docs/AUDIO_QC.md, "Known shortfalls"): asserted at their measured floor.
-SHORTFALL_FLOOR = {"click": 0.85}  # full evaluation: 31/35 = 0.89
+SHORTFALL_FLOOR = {"click": 0.85}  # full evaluation: 33/35 = 0.94 (31/35 on another draw)
 
 
 def test_recall_per_code_on_damaged_variants(tmp_path):
