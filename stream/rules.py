@@ -60,6 +60,7 @@ class RulesAccountModel:
         self.plays_per_month = plays_per_month
         self.track_day_: Counter = Counter()  # (account, track, day) -> plays
         self.month_: Counter = Counter()  # (account, month) -> plays
+        self.alerted_days_: set[tuple[str, int]] = set()  # (account, day) already alerted
         self.max_ts_ = 0.0
 
     def process(self, batch: PlayBatch) -> list[Alert]:
@@ -75,7 +76,10 @@ class RulesAccountModel:
                 k = (acc, trk, days[i])
                 c = self.track_day_[k] + 1
                 self.track_day_[k] = c
-                if c == self.track_plays_per_day + 1:
+                if c == self.track_plays_per_day + 1 and (acc, days[i]) not in self.alerted_days_:
+                    # one alert per account and day (its alert_id has no track),
+                    # for the first track that crosses the limit
+                    self.alerted_days_.add((acc, days[i]))
                     alerts.append(
                         self._alert("rule_track_day", acc, days[i] * DAY_S, DAY_S, c,
                                     self.track_plays_per_day, batch.event_id[i], rts[i], track=trk)
@@ -117,6 +121,7 @@ class RulesAccountModel:
         month_cut = int(self.max_ts_ // MONTH_S) - 1
         if len(self.track_day_) > 50_000:
             self.track_day_ = Counter({k: v for k, v in self.track_day_.items() if k[2] >= day_cut})
+            self.alerted_days_ = {k for k in self.alerted_days_ if k[1] >= day_cut}
         if len(self.month_) > 50_000:
             self.month_ = Counter({k: v for k, v in self.month_.items() if k[1] >= month_cut})
 
@@ -125,6 +130,7 @@ class RulesAccountModel:
         return {
             "track_day": [[a, t, d, c] for (a, t, d), c in self.track_day_.items()],
             "month": [[a, m, c] for (a, m), c in self.month_.items()],
+            "alerted_days": [[a, d] for a, d in sorted(self.alerted_days_)],
             "max_ts": self.max_ts_,
         }
 
@@ -132,6 +138,7 @@ class RulesAccountModel:
         """Restore from :meth:`state_dict`."""
         self.track_day_ = Counter({(a, t, d): c for a, t, d, c in state["track_day"]})
         self.month_ = Counter({(a, m): c for a, m, c in state["month"]})
+        self.alerted_days_ = {(a, d) for a, d in state.get("alerted_days", [])}
         self.max_ts_ = float(state["max_ts"])
 
     def entity_counts(self) -> dict[str, int]:

@@ -84,3 +84,18 @@ def test_partition_runtime_skips_offsets_covered_by_restored_state():
     assert out2.skipped == 4 and out2.valid == 4
     assert [a.detector for a in out2.alerts] == ["rule_track_day"]  # 6th play, counted once
     assert out2.alerts[0].features["track_plays_per_day"].actual == 6
+
+
+def test_rules_alert_once_per_account_and_day_with_distinct_ids():
+    rows = []
+    for track in ("t1", "t2"):
+        rows += [dict(event_id=f"{track}-{i}", ts=1.7e9 + i, account_id="a", track_id=track, artist_id="x",
+                      ms_played=31_000) for i in range(4)]
+    m = RulesAccountModel(track_plays_per_day=3)
+    alerts = m.process(PlayBatch.from_dicts(rows))
+    assert [a.detector for a in alerts] == ["rule_track_day"]  # t2 crosses too, same account-day
+    back = RulesAccountModel(track_plays_per_day=3)
+    back.load_state_dict(m.state_dict())
+    more = [dict(event_id=f"t3-{i}", ts=1.7e9 + 10 + i, account_id="a", track_id="t3", artist_id="x",
+                 ms_played=31_000) for i in range(4)]
+    assert back.process(PlayBatch.from_dicts(more)) == []
