@@ -174,7 +174,6 @@ def test_topic_init_creates_the_workers_topics_with_a_compacted_changelog(config
 
 def test_worker_environment_parses_as_playguard_settings(config, monkeypatch):
     """The workers' environment is a valid PLAYGUARD_* configuration (stream/config.py)."""
-    from pathlib import Path
 
     from stream.config import Settings
 
