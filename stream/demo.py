@@ -275,7 +275,7 @@ def _summarise(con, alerts, m, settings, plan, labels, fraud_accounts, fraud_tra
     for a in alerts:
         rows[(a.kind.value, a.detector)][_label_alert(a, fraud_accounts, fraud_tracks)] += 1
     t = Table(title="PlayGuard demo: alerts by detector")
-    for col in ("kind", "detector", "alerts", "on injected fraud", "on real/benign", "audio files"):
+    for col in ("kind", "detector", "alerts", "on injected fraud", "on real/benign", "on audio files"):
         t.add_column(col, justify="right" if col not in ("kind", "detector") else "left")
     for (kind, det), c in sorted(rows.items()):
         total = sum(c.values())
