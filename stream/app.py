@@ -39,7 +39,10 @@ class PlayGuardApp(faust.App):
     drivers: list = []
 
     async def on_stop(self) -> None:
-        """Snapshot every owned partition and ack, then stop as Faust does."""
+        """Stop taking batches, snapshot every owned partition and ack, then
+        stop as Faust does (its final commit then covers every processed record)."""
+        for d in self.drivers:
+            d.stopping = True
         for d in self.drivers:
             try:
                 await d.snapshot()

@@ -52,6 +52,7 @@ class AudioDriver:
         self.catalogs: dict[int, object] = {}
         self.runtimes = self.catalogs
         self.next_offset: dict[int, int] = {}
+        self.stopping = False
 
     def _catalog(self, partition: int):
         cat = self.catalogs.get(partition)

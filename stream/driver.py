@@ -128,6 +128,7 @@ class StageDriver:
         owns: Callable[[int], bool] | None = None,
     ):
         self.owns = owns
+        self.stopping = False
         self.stage = stage
         self.make_partition = make_partition
         self.settings = settings
@@ -151,6 +152,10 @@ class StageDriver:
             e.message.incref()
             by_part[e.message.partition].append(e)
         async with self.lock:
+            if self.stopping:
+                # after the final snapshot: leave these unacked (never committed),
+                # so the next owner reads them again
+                return
             if self.owns is not None:
                 for p in [p for p in by_part if not self.owns(p)]:
                     log.info("dropping %d buffered events of revoked %s/%d", len(by_part[p]), self.stage, p)
