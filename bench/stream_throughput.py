@@ -232,6 +232,17 @@ def latency_run(settings: Settings, plan, rate: float, seconds: float, tmp: Path
     return {"alerts": int(count), "p50_s": q(0.5), "p99_s": q(0.99), "rate": rate, "plays": n}
 
 
+def latency_plan(raw):
+    """Real plays with labelled fraud injected (so that alerts are raised):
+    the newest 7 days of every history, 200 benign accounts, L1 fraud."""
+    plan = plan_replay(raw, time.time(), 7)
+    try:
+        from stream.fraud.simulate import simulate
+    except ImportError:
+        return plan
+    return simulate(plan, n_accounts=200, fraud_share=0.03, levels=("L1",), seed=11).batch
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--plays", type=int, default=200_000)
@@ -240,6 +251,8 @@ def main() -> None:
     ap.add_argument("--pace", type=float, default=0.5, help="latency run rate as a share of full throughput")
     ap.add_argument("--latency-seconds", type=float, default=60.0)
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--latency-rate", type=float, default=None,
+                    help="only run the latency part, at this many plays/s")
     args = ap.parse_args()
 
     base = Settings()
@@ -257,6 +270,12 @@ def main() -> None:
             return Settings(bootstrap_servers=b.bootstrap, topic_prefix=prefix, partitions=args.partitions)
 
         sets = {k: settings_for(f"bench{k}.") for k in ("full", "noop", "one", "lat")}
+        if args.latency_rate:
+            asyncio.run(ensure_topics(sets["lat"]))
+            lat = latency_run(sets["lat"], latency_plan(raw), args.latency_rate, args.latency_seconds, tmp)
+            print(f"alert latency at {lat['rate']:,.0f} plays/s ({lat['plays']:,} plays, {lat['alerts']} alerts): "
+                  f"p50 {lat['p50_s']} s, p99 {lat['p99_s']} s")
+            return
         for key in ("full", "noop", "one"):
             s = sets[key]
             asyncio.run(ensure_topics(s))
@@ -269,7 +288,7 @@ def main() -> None:
         if not args.skip_latency:
             asyncio.run(ensure_topics(sets["lat"]))
             rate = args.pace * results["full pipeline (all play detectors)"]["events_per_s"]
-            lat = latency_run(sets["lat"], plan, rate, args.latency_seconds, tmp)
+            lat = latency_run(sets["lat"], latency_plan(raw), rate, args.latency_seconds, tmp)
 
     print(f"\n{'run':40s} {'plays':>9s} {'seconds':>8s} {'events/s':>10s}")
     for k, r in results.items():
