@@ -229,7 +229,7 @@ def latency_run(settings: Settings, plan, rate: float, seconds: float, tmp: Path
             prev_le, prev_c = le, c
         return None
 
-    return {"alerts": int(count), "p50_s": q(0.5), "p99_s": q(0.99), "rate": rate, "plays": n}
+    return {"alerts": int(count), "p50_s": q(0.5), "p99_s": q(0.99), "rate": rate, "plays": len(part)}
 
 
 def latency_plan(raw):
