@@ -195,7 +195,19 @@ def latency_run(settings: Settings, plan, rate: float, seconds: float, tmp: Path
     proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker", "--no-audio", "--loglevel", "error"],
                             env=env, cwd=REPO, stdout=open(tmp / "worker-lat.log", "wb"), stderr=subprocess.STDOUT)
     try:
-        time.sleep(12)  # group join on the embedded broker waits for the rebalance timeout
+        # wait until the worker owns its partitions (the lag gauge appears on
+        # assignment): group joins on the embedded broker wait for the
+        # rebalance timeout, and a backlog would inflate the latency
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    if f'topic="{settings.topics.plays}"' in r.read().decode().split("playguard_consumer_lag_records", 1)[-1]:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        time.sleep(2)
         n = int(rate * seconds)
         part = plan.take(np.arange(min(n, len(plan))))
         span = float(part.ts[-1] - part.ts[0]) or 1.0

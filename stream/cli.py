@@ -66,6 +66,9 @@ def worker(
     from stream.app import create_app
 
     fapp = create_app(s, metrics, models=models, audit_path=audit, audio=audio)
+    from stream.pipeline import warm_up
+
+    warm_up(s, models)  # JIT-compile detector kernels before the first batch
     # serve /metrics only once every label value exists (readiness = all series present)
     server, _ = metrics.serve(s.metrics_host, s.metrics_port)
     typer.echo(f"metrics: http://{s.metrics_host}:{server.server_port}/metrics", err=True)
