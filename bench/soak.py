@@ -23,9 +23,17 @@ Issue 13, "Load". Steps, on the embedded broker (or ``--bootstrap``):
 
 Targets (issue 13): RSS growth <= 10% after warm-up; p99 latency <= 1 s.
 
+With ``--trace`` the worker writes its latency trace
+(``PLAYGUARD_TRACE_PATH``, :class:`stream.driver.LatencyTrace`) and the
+summary adds, over the window after the warm-up: exact alert-latency
+quantiles (the histogram's are interpolated within buckets), where the
+slowest alerts spent their time (waiting before the driver vs. in the
+batch), batch, snapshot and event-loop-stall figures, and the lag at the
+slow alerts.
+
 Usage::
 
-    python bench/soak.py [--minutes 10] [--rate R] [--load 0.8] [--loop 3] [--json out.json]
+    python bench/soak.py [--minutes 10] [--rate R] [--load 0.8] [--loop 3] [--trace] [--json out.json]
 """
 
 from __future__ import annotations
@@ -178,6 +186,72 @@ def audit_rate(path: Path, n: int) -> tuple[float, int]:
     return (seen - rows[0]["n"]) / max(1e-9, rows[-1]["t"] - rows[0]["t"]), seen
 
 
+def _q(xs, q: float) -> float | None:
+    return float(np.quantile(xs, q)) if len(xs) else None
+
+
+def trace_summary(path: Path, t_from: float) -> dict:
+    """Figures of a worker latency trace (rows written at Unix time >= ``t_from``).
+
+    Returns:
+        dict with ``alerts`` (count, exact p50/p99/max latency, the 5 slowest
+        with their split and the ``plays`` lag of the batch before them),
+        ``batches`` per stage (count, records p50/max, ``handle_s`` /
+        ``process_s`` / ``produce_s`` / ``age_oldest_s`` p50/p99/max),
+        ``snapshots`` per stage (count, ``lock_s`` p50/max, ``state_s`` max,
+        bytes max) and ``stalls`` (count, total and max seconds).
+    """
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if r.get("t", 0) >= t_from:
+            rows.append(r)
+    out: dict = {}
+    al = [r for r in rows if r["ev"] == "alert"]
+    lat = np.array([r["latency_s"] for r in al])
+    batches = [r for r in rows if r["ev"] == "batch"]
+    acc_b = [r for r in batches if r["stage"] == "account"]
+    acc_t = np.array([r["t"] for r in acc_b])
+
+    def lag_before(t):
+        i = int(np.searchsorted(acc_t, t)) - 1
+        return sum(acc_b[i]["lag"].values()) if i >= 0 and acc_b[i]["lag"] else None
+
+    slow = sorted(al, key=lambda r: -r["latency_s"])[:5]
+    out["alerts"] = {
+        "n": len(al), "p50_s": _q(lat, 0.5), "p99_s": _q(lat, 0.99), "max_s": float(lat.max()) if len(lat) else None,
+        "by_stage": {st: len([r for r in al if r["stage"] == st]) for st in ("account", "catalog")},
+        "slowest": [{"stage": r["stage"], "detector": r["detector"], "latency_s": r["latency_s"],
+                     "before_driver_s": r["age_at_entry_s"], "in_batch_s": r["handle_s"],
+                     "plays_lag": lag_before(r["t"])} for r in slow],
+    }
+    out["batches"] = {}
+    for st in ("account", "catalog"):
+        b = [r for r in batches if r["stage"] == st]
+        if not b:
+            continue
+        d = {"n": len(b), "records_p50": _q([r["n"] for r in b], 0.5), "records_max": max(r["n"] for r in b)}
+        for k in ("handle_s", "process_s", "produce_s", "snapshot_s", "age_oldest_s"):
+            v = [r[k] for r in b if r.get(k) is not None]
+            d[k] = [_q(v, 0.5), _q(v, 0.99), max(v) if v else None]
+        out["batches"][st] = d
+    out["snapshots"] = {}
+    for st in ("account", "catalog"):
+        sn = [r for r in rows if r["ev"] == "snapshot" and r["stage"] == st]
+        if sn:
+            out["snapshots"][st] = {"n": len(sn), "lock_s_p50": _q([r["lock_s"] for r in sn], 0.5),
+                                    "lock_s_max": max(r["lock_s"] for r in sn),
+                                    "total_s_max": max(r["lock_s"] + r["send_s"] for r in sn),
+                                    "state_s_max": max(r["state_s"] for r in sn),
+                                    "bytes_max": max(r["bytes"] for r in sn)}
+    st = [r["s"] for r in rows if r["ev"] == "stall"]
+    out["stalls"] = {"n": len(st), "total_s": float(sum(st)), "max_s": max(st) if st else 0.0}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -191,6 +265,7 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=float, default=15.0, help="sampling period, s")
     ap.add_argument("--bootstrap", default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--trace", action="store_true", help="worker latency trace; adds its figures to the summary")
     a = ap.parse_args(argv)
 
     base = Settings()
@@ -203,6 +278,9 @@ def main(argv=None) -> int:
     s = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=a.partitions, app_id=prefix + "w")
     env = {"PLAYGUARD_BOOTSTRAP_SERVERS": bootstrap, "PLAYGUARD_TOPIC_PREFIX": prefix,
            "PLAYGUARD_PARTITIONS": str(a.partitions), "PLAYGUARD_APP_ID": prefix + "w"}
+    trace = work / "trace.jsonl"
+    if a.trace:
+        env["PLAYGUARD_TRACE_PATH"] = str(trace)
     out: dict = {"models": a.models, "minutes": a.minutes, "load_fraction": a.load, "loop": a.loop,
                  "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
     w = None
@@ -260,6 +338,7 @@ def main(argv=None) -> int:
         h0 = histogram(text0, LATENCY, kind="play_fraud")
         consumed0 = metric(text0, "playguard_events_consumed_total", topic=s.topics.plays)
         t_warm = t_start + a.warmup * a.minutes * 60
+        t_warm_unix = time.time() + a.warmup * a.minutes * 60
         h_warm = None
         print(f"{'t_s':>6} {'sent':>10} {'consumed':>10} {'lag':>8} {'lag_fwd':>8} {'rss_MiB':>8} {'alerts':>8} "
               f"{'load1':>6}", flush=True)
@@ -308,6 +387,11 @@ def main(argv=None) -> int:
                   "latency_p99_whole_soak_s", "lag_mean", "lag_max", "lag_end", "lag_fwd_mean", "lag_fwd_max", "loadavg_start", "loadavg_end"):
             v = out.get(k)
             print(f"  {k:28s} {v:,.3f}" if isinstance(v, float) else f"  {k:28s} {v}")
+        if a.trace and trace.exists():
+            out["trace"] = trace_summary(trace, t_warm_unix)
+            print("  trace (after warm-up):")
+            for k, v in out["trace"].items():
+                print(f"    {k}: {json.dumps(v, default=str)}")
         ok_rss = out["rss_growth_after_warmup"] <= 0.10
         ok_lat = out["latency_p99_s"] is not None and out["latency_p99_s"] <= 1.0
         print(f"  target RSS growth <= 10%: {'met' if ok_rss else 'NOT met'}; "

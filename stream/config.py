@@ -105,6 +105,16 @@ class Settings(BaseSettings):
     commit_interval_s: float = 2.0
     #: State snapshots per partition are written at least this often (s).
     snapshot_interval_s: float = 5.0
+    #: Longest time a fetch request may wait at the broker for new records
+    #: (ms). Faust hard-codes 1500 ms; the embedded broker (Tansu) holds a
+    #: parked fetch for its whole wait even when records arrive meanwhile, so
+    #: records waited up to 1.5 s before the worker saw them
+    #: (RELIABILITY.md, "Soak"). A real Kafka broker answers as soon as data
+    #: arrives, so a short wait only costs a few more idle fetches.
+    consumer_fetch_max_wait_ms: int = 50
+    #: Optional JSONL file of per-batch, per-snapshot and per-alert timings
+    #: (latency diagnosis; ``bench/soak.py --trace``). None: no trace.
+    trace_path: Path | None = None
 
     # Micro-batches
     batch_max_records: int = 2000

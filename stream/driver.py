@@ -10,9 +10,16 @@ CONVENTIONS.md, "State and offsets move together":
 3. the batch is processed, and its dead letters, alerts and forwards are
    produced and **awaited**;
 4. at most every ``snapshot_interval_s`` (and on revocation) each partition's
-   state is written to ``changelog`` and awaited;
+   state is written to ``changelog`` and awaited; partitions are snapshotted
+   one at a time (staggered), and the state is captured and encoded in a
+   worker thread while the stage's lock is held, so the event loop (the other
+   stage, fetches, heartbeats, produce acks) keeps running meanwhile;
 5. only then are the events acked, so Faust commits an offset only when the
    alerts of every record before it are produced and a snapshot covers it.
+
+With ``Settings.trace_path`` set, every batch, snapshot and alert writes one
+JSONL timing row (:class:`LatencyTrace`), to find where alert latency comes
+from (``bench/soak.py --trace``).
 
 Faust's ``take_events`` acks every event of a batch by itself when the agent
 asks for the next batch, even on a ``noack()`` stream (faust-streaming 0.15.3,
@@ -36,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -99,6 +107,55 @@ async def read_snapshots(settings: Settings, timeout_s: float = 30.0) -> Snapsho
     return asm
 
 
+class LatencyTrace:
+    """Appends timing rows to a JSONL file (latency diagnosis, not a metric).
+
+    Rows (all times in seconds; ``t`` is Unix time when the row is written):
+
+    * ``{"ev": "batch", "stage", "n", "parts", "lock_wait_s", "age_oldest_s",
+      "age_newest_s", "process_s", "produce_s", "snapshot_s", "handle_s",
+      "alerts", "lag"}``: one ``handle()`` call. ``age_*`` is the age of the
+      oldest / newest record (now minus its Kafka timestamp) when the batch
+      reached the driver, i.e. how long records waited in the broker, the
+      fetcher and Faust's buffer; ``lag`` maps partition to records behind the
+      high watermark after the batch.
+    * ``{"ev": "alert", "stage", "partition", "detector", "latency_s",
+      "age_at_entry_s", "handle_s"}``: one produced alert; ``latency_s`` is the
+      value observed in ``playguard_alert_latency_seconds``; ``age_at_entry_s``
+      the part of it spent before its batch reached the driver.
+    * ``{"ev": "snapshot", "stage", "partition", "why", "state_s",
+      "send_s", "bytes", "lock_s"}``: one partition snapshot.
+    * ``{"ev": "stall", "s"}``: the event loop did not run for ``s`` seconds
+      (written by :func:`watch_event_loop`).
+
+    Thread-safe (one lock around each write).
+
+    Args:
+        path: JSONL file, appended to.
+    """
+
+    def __init__(self, path: Path):
+        self._fh = open(path, "a", buffering=1)
+        self._lock = threading.Lock()
+
+    def write(self, ev: str, **fields) -> None:
+        """Append one row of kind ``ev``."""
+        line = json.dumps({"ev": ev, "t": round(time.time(), 4), **fields}) + "\n"
+        with self._lock:
+            self._fh.write(line)
+
+
+async def watch_event_loop(trace: LatencyTrace, period_s: float = 0.02, report_s: float = 0.1) -> None:
+    """Write a ``stall`` row whenever the event loop was blocked longer than
+    ``report_s`` (a ``period_s`` sleep overshot by that much). Runs forever."""
+    while True:
+        t0 = time.perf_counter()
+        await asyncio.sleep(period_s)
+        late = time.perf_counter() - t0 - period_s
+        if late >= report_s:
+            trace.write("stall", s=round(late, 4))
+
+
 class StageDriver:
     """Runs one stage inside a Faust worker (see module docstring).
 
@@ -114,6 +171,9 @@ class StageDriver:
             range (``stage, partition, first, last``) for crash audits.
         owns: ``owns(partition)`` is True while this worker is assigned that
             input partition; None trusts every event.
+        highwater: ``highwater(partition)``, the input partition's high
+            watermark from fetch responses or None (trace only).
+        trace: optional :class:`LatencyTrace`.
     """
 
     def __init__(
@@ -126,8 +186,12 @@ class StageDriver:
         input_topic: str,
         audit_path: Path | None = None,
         owns: Callable[[int], bool] | None = None,
+        highwater: Callable[[int], int | None] | None = None,
+        trace: LatencyTrace | None = None,
     ):
         self.owns = owns
+        self.highwater = highwater
+        self.trace = trace
         self.stopping = False
         self.stage = stage
         self.make_partition = make_partition
@@ -138,13 +202,21 @@ class StageDriver:
         self.runtimes: dict[int, PartitionRuntime] = {}
         self.pending: dict[int, list] = defaultdict(list)
         self.lock = asyncio.Lock()
-        self.last_snapshot = time.monotonic()
-        self.snapshot_cost_s = 0.0
+        #: per partition: monotonic time of its last snapshot, and its cost (s)
+        self.last_snapshot: dict[int, float] = {}
+        self.snapshot_cost_s: dict[int, float] = {}
+        self._started = time.monotonic()
         self.audit_path = audit_path
         self._audit_fh = open(audit_path, "a", buffering=1) if audit_path else None
 
     async def handle(self, events: list) -> None:
-        """Process one ``take_events`` micro-batch (events of any partitions)."""
+        """Process one ``take_events`` micro-batch (events of any partitions).
+
+        Each partition is processed and its alerts, dead letters and forwards
+        are sent at once; all sends are awaited before the events join the
+        pending (to be acked after a snapshot) list. Then at most one due
+        partition is snapshotted (:meth:`due_partitions`)."""
+        t_entry = time.time()
         by_part: dict[int, list] = defaultdict(list)
         for e in events:
             # hold one reference until our own ack: take_events acks the
@@ -152,6 +224,7 @@ class StageDriver:
             e.message.incref()
             by_part[e.message.partition].append(e)
         async with self.lock:
+            t_locked = time.time()
             if self.stopping:
                 # after the final snapshot: leave these unacked (never committed),
                 # so the next owner reads them again
@@ -163,64 +236,126 @@ class StageDriver:
             missing = [p for p in by_part if p not in self.runtimes]
             if missing:
                 await self._restore(missing)
+            futs: list = []
+            done: list = []
+            process_s = 0.0
             for p, evs in by_part.items():
                 evs.sort(key=lambda e: e.message.offset)
-                await self._run_partition(p, evs)
-            if self.snapshot_due():
-                await self._snapshot_locked(list(self.pending))
+                r = await self._run_partition(p, evs, futs)
+                if r is not None:
+                    done.append(r)
+                    process_s += r[3]
+            t_sent = time.time()
+            if futs:
+                await asyncio.gather(*futs)
+            t_produced = time.time()
+            for p, evs, out, _ in done:
+                self._after_produce(p, evs, out, t_produced, t_entry)
+            snap_s = 0.0
+            due = self.due_partitions()
+            if due:
+                t0 = time.time()
+                await self._snapshot_locked(due[:1], "interval")
+                snap_s = time.time() - t0
+        if self.trace is not None and events:
+            ts = [e.message.timestamp for e in events if e.message.timestamp]
+            lag = {}
+            if self.highwater is not None:
+                for p in by_part:
+                    rt = self.runtimes.get(p)
+                    hw = self.highwater(p)
+                    if rt is not None and hw is not None:
+                        lag[p] = max(0, hw - rt.next_offset)
+            self.trace.write(
+                "batch", stage=self.stage, n=len(events), parts={p: len(v) for p, v in by_part.items()},
+                lock_wait_s=round(t_locked - t_entry, 4),
+                age_oldest_s=round(t_entry - min(ts) / 1000.0, 4) if ts else None,
+                age_newest_s=round(t_entry - max(ts) / 1000.0, 4) if ts else None,
+                process_s=round(process_s, 4), produce_s=round(t_produced - t_sent, 4),
+                snapshot_s=round(snap_s, 4), handle_s=round(time.time() - t_entry, 4),
+                alerts=sum(len(d[2].alerts) for d in done), lag=lag)
+
+    def due_partitions(self) -> list[int]:
+        """Partitions with pending acks whose snapshot interval has passed,
+        most overdue first. A partition's interval is ``snapshot_interval_s``,
+        stretched to 20x its last snapshot's cost, so snapshots of a large
+        state take at most ~5% of the stage's time (commits lag accordingly).
+        A partition never snapshotted counts from the driver's start."""
+        now = time.monotonic()
+        base = self.settings.snapshot_interval_s
+        over = []
+        for p in self.pending:
+            if p not in self.runtimes:
+                continue
+            last = self.last_snapshot.get(p, self._started)
+            interval = max(base, 20.0 * self.snapshot_cost_s.get(p, 0.0))
+            if now - last >= interval:
+                over.append((now - last - interval, p))
+        return [p for _, p in sorted(over, reverse=True)]
 
     def snapshot_due(self) -> bool:
-        """True when the snapshot interval has passed. The interval stretches to
-        20x the last snapshot's cost, so snapshots of a large state take at
-        most ~5% of the stage's time (commits lag accordingly)."""
-        interval = max(self.settings.snapshot_interval_s, 20.0 * self.snapshot_cost_s)
-        return time.monotonic() - self.last_snapshot >= interval
+        """True when some partition's snapshot is due (:meth:`due_partitions`)."""
+        return bool(self.due_partitions())
 
-    async def _run_partition(self, p: int, evs: list) -> None:
+    async def _run_partition(self, p: int, evs: list, futs: list):
+        """Process one partition's events and send what they produce (the send
+        futures go to ``futs``). Returns ``(p, evs, out, seconds)`` or None if
+        the partition was dropped."""
         rt = self.runtimes.get(p)
         if rt is None:  # dropped by a revocation that could not wait for the lock
-            return
+            return None
         recs = [
             Record(e.message.topic, p, e.message.offset, e.message.key, e.message.value, e.message.timestamp)
             for e in evs
         ]
         t0 = time.perf_counter()
         out = rt.process(recs)
-        self.metrics.batch_seconds.labels(stage=self.stage).observe(time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        self.metrics.batch_seconds.labels(stage=self.stage).observe(dt)
         self.metrics.batch_size.labels(stage=self.stage).observe(len(recs))
         self.metrics.events_consumed.labels(topic=self.input_topic).inc(len(recs))
-        await self._produce(out)
-        if self._audit_fh:
-            self._audit_fh.write(json.dumps({"stage": self.stage, "partition": p, "first": recs[0].offset,
-                                             "last": recs[-1].offset, "n": len(recs), "skipped": out.skipped,
+        await self._send(out, futs)
+        return p, evs, out, dt
+
+    def _after_produce(self, p: int, evs: list, out: StageOutput, now: float, t_entry: float) -> None:
+        """Metrics, audit and pending acks once ``out`` is produced and awaited."""
+        m = self.metrics
+        for a in out.alerts:
+            m.alerts.labels(kind=a.kind.value, detector=a.detector, severity=a.severity.value).inc()
+            if a._source_record_ts is not None:
+                lat = max(0.0, now - a._source_record_ts)
+                m.alert_latency.labels(kind=a.kind.value).observe(lat)
+                if self.trace is not None:
+                    self.trace.write("alert", stage=self.stage, partition=p, detector=a.detector,
+                                     latency_s=round(lat, 4),
+                                     age_at_entry_s=round(t_entry - a._source_record_ts, 4),
+                                     handle_s=round(now - t_entry, 4))
+        if out.alerts or out.valid:
+            for et, n in self._entity_counts().items():
+                m.state_entities.labels(stage=self.stage, entity_type=et).set(n)
+        if self._audit_fh and evs:
+            self._audit_fh.write(json.dumps({"stage": self.stage, "partition": p, "first": evs[0].message.offset,
+                                             "last": evs[-1].message.offset, "n": len(evs), "skipped": out.skipped,
                                              "valid": out.valid, "t": time.time()}) + "\n")
-        if self.runtimes.get(p) is rt:  # not revoked meanwhile: ack after the next snapshot
+        if p in self.runtimes:  # not revoked meanwhile: ack after the next snapshot
             self.pending[p].extend(evs)
 
-    async def _produce(self, out: StageOutput) -> None:
+    async def _send(self, out: StageOutput, futs: list) -> None:
+        """Send dead letters, alerts (first) and forwards; append the delivery
+        futures to ``futs`` without awaiting them."""
         m = self.metrics
-        futs = []
+        for a in out.alerts:
+            futs.append(await self.topics["alerts"].send(
+                key=a.entity_id.encode(), value=a.model_dump_json().encode(), force=True))
         for d in out.dead:
             futs.append(await self.topics["deadletter"].send(
                 key=d.record.key, value=d.record.value or b"", headers=d.headers(), force=True))
             m.deadletter.labels(topic=d.record.topic, reason=d.reason.value).inc()
         if out.duplicates:
             m.duplicates_dropped.labels(topic=self.input_topic).inc(out.duplicates)
-        for a in out.alerts:
-            futs.append(await self.topics["alerts"].send(
-                key=a.entity_id.encode(), value=a.model_dump_json().encode(), force=True))
         for dest, (value, rts) in out.forwards.items():
             futs.append(await self.topics["forward"].send(
                 value=value, partition=dest, timestamp=rts, force=True))
-        if futs:
-            await asyncio.gather(*futs)
-        now = time.time()
-        for a in out.alerts:
-            m.alerts.labels(kind=a.kind.value, detector=a.detector, severity=a.severity.value).inc()
-            if a._source_record_ts is not None:
-                m.alert_latency.labels(kind=a.kind.value).observe(max(0.0, now - a._source_record_ts))
-        for et, n in self._entity_counts().items():
-            m.state_entities.labels(stage=self.stage, entity_type=et).set(n)
 
     def _entity_counts(self) -> dict[str, int]:
         tot: dict[str, int] = defaultdict(int)
@@ -240,31 +375,43 @@ class StageDriver:
                 log.info("restored %s/%d at offset %d", self.stage, p, rt.next_offset)
             self.runtimes[p] = rt
 
-    async def snapshot(self, partitions: list[int] | None = None) -> None:
+    async def snapshot(self, partitions: list[int] | None = None, why: str = "request") -> None:
         """Write snapshots of ``partitions`` (default: all with pending acks),
         then ack their pending events."""
         async with self.lock:
-            await self._snapshot_locked(list(self.pending) if partitions is None else partitions)
+            await self._snapshot_locked(list(self.pending) if partitions is None else partitions, why)
 
-    async def _snapshot_locked(self, partitions: list[int]) -> None:
-        t0 = time.monotonic()
-        futs = []
+    def _encode(self, rt: PartitionRuntime, p: int) -> tuple[list[tuple[bytes, bytes]], int, float]:
+        """State dict and changelog records of one partition (runs in a worker
+        thread while the stage lock is held, so the state cannot change)."""
+        t0 = time.perf_counter()
+        recs = encode_snapshot(self.stage, p, rt.state_dict(), rt.next_offset, self.settings.snapshot_chunk_bytes)
+        return recs, rt.next_offset, time.perf_counter() - t0
+
+    async def _snapshot_locked(self, partitions: list[int], why: str = "request") -> None:
+        """Snapshot each partition in turn, then ack the events it covers.
+        Called with ``self.lock`` held: no batch of this stage runs meanwhile."""
         for p in partitions:
             rt = self.runtimes.get(p)
             if rt is None:
                 continue
-            for key, value in encode_snapshot(self.stage, p, rt.state_dict(), rt.next_offset,
-                                              self.settings.snapshot_chunk_bytes):
-                futs.append(await self.topics["changelog"].send(key=key, value=value, force=True))
-        if futs:
-            await asyncio.gather(*futs)
-        for p in partitions:
+            t0 = time.monotonic()
+            recs, _seq, state_s = await asyncio.to_thread(self._encode, rt, p)
+            t1 = time.monotonic()
+            futs = [await self.topics["changelog"].send(key=key, value=value, force=True) for key, value in recs]
+            if futs:
+                await asyncio.gather(*futs)
             evs = self.pending.pop(p, [])
-            if p in self.runtimes:  # only what a snapshot now covers is acked
+            if self.runtimes.get(p) is rt:  # only what a snapshot now covers is acked
                 for e in evs:
                     e.ack()
-        self.last_snapshot = time.monotonic()
-        self.snapshot_cost_s = self.last_snapshot - t0
+            now = time.monotonic()
+            self.last_snapshot[p] = now
+            self.snapshot_cost_s[p] = now - t0
+            if self.trace is not None:
+                self.trace.write("snapshot", stage=self.stage, partition=p, why=why, state_s=round(state_s, 4),
+                                 lock_s=round(t1 - t0, 4), send_s=round(now - t1, 4),
+                                 bytes=sum(len(v) for _, v in recs))
 
     async def on_revoked(self, partitions: set[int]) -> None:
         """Snapshot and drop revoked partitions (best effort within 5 s: if the
@@ -280,11 +427,12 @@ class StageDriver:
                 self.pending.pop(p, None)
             return
         try:
-            await self._snapshot_locked(mine)
+            await self._snapshot_locked(mine, "revoke")
         except Exception:  # noqa: BLE001 - a failed snapshot only costs re-processing
             log.exception("snapshot on revoke failed")
         finally:
             for p in mine:
                 self.runtimes.pop(p, None)
                 self.pending.pop(p, None)
+                self.last_snapshot.pop(p, None)
             self.lock.release()
