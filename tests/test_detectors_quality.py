@@ -90,7 +90,9 @@ def test_sliding_forest_matches_engine_on_same_window_and_seed(engine):
                                seed=5)
     det.learn_many(X[:2200])
     assert det.n_fits_ == 4  # at 256, 700, 1400, 2100 observations
-    assert np.array_equal(det.train_window_, X[1100:2100])
+    # the window is kept in float32, the dtype the engine converts to before growing its trees
+    assert det.train_window_.dtype == np.float32
+    assert np.array_equal(det.train_window_, X[1100:2100].astype(np.float32))
     if engine == "sklearn":
         ref = IsolationForest(n_estimators=50, max_samples=256, random_state=5 + 3, n_jobs=1).fit(X[1100:2100])
         want = -ref.score_samples(X[2200:])
@@ -103,7 +105,81 @@ def test_sliding_forest_matches_engine_on_same_window_and_seed(engine):
         assert np.array_equal(np.argsort(ref.decision_function(X[2200:]), kind="stable"),
                               np.argsort(want, kind="stable"))
     got = det.score_many(X[2200:])
-    assert np.allclose(got, want, rtol=1e-12, atol=0)
+    assert np.array_equal(got, want)  # bit for bit: same decisions, leaf terms added in the same order
+
+
+def _threshold_probes(model, rng, n):
+    """Rows (n, d) whose cells sit on, just above and just below the forest's float64 thresholds."""
+    thr = np.concatenate([t.tree_.threshold[t.tree_.children_left != -1] for t in model.estimators_])
+    t32 = thr.astype(np.float32)
+    cand = np.concatenate([
+        thr,                                                  # the double itself (rounds to either side in float32)
+        t32.astype(np.float64),                               # its nearest float32
+        np.nextafter(t32, np.float32(np.inf)).astype(np.float64),
+        np.nextafter(t32, np.float32(-np.inf)).astype(np.float64),
+        np.nextafter(thr, np.inf), np.nextafter(thr, -np.inf),
+        [0.0, -0.0, 1e-45, -1e-45, 1e-300, -1e-300, 1e38, -1e38],
+    ])
+    return rng.choice(cand, size=(n, model.n_features_in_))
+
+
+@pytest.mark.parametrize("engine", ["sklearn", "pyod"])
+def test_sliding_forest_is_bit_exact_on_threshold_values(engine):
+    """Cells equal to (or one float32 step from) a split threshold take scikit-learn's branch exactly."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(3000, 4))
+    X[:, 3] = np.round(X[:, 3])  # ties and zeros: thresholds between integer values
+    X[::50, 1] = -0.0
+    det = SlidingWindowIForest(window_size=1000, refit_every=1000, warmup=1000, n_estimators=100, engine=engine,
+                               seed=11)
+    det.learn_many(X[:1000])
+    forest = det.model_ if engine == "sklearn" else det.model_.detector_
+    Y = np.vstack([X[1000:], _threshold_probes(forest, rng, 4000)])
+    assert np.array_equal(det.score_many(Y), -forest.score_samples(Y))
+    assert np.array_equal(det.score_many(X[:1000]), -forest.score_samples(X[:1000]))  # its own training rows
+
+
+def test_float32_keys_order_like_the_floats():
+    """The kernel compares uint32 keys; their order must be the float order (ties: -0.0 == +0.0)."""
+    from detectors.iforest_window import _float32_keys, _keys_of_float32, _threshold_keys
+
+    f32 = np.finfo(np.float32)
+    v = np.array([-np.inf, -f32.max, -1.5, -f32.tiny, -1e-45, -0.0, 0.0, 1e-45, f32.tiny, 1.0, f32.max, np.inf],
+                 dtype=np.float32)
+    v = np.concatenate([v, np.random.default_rng(0).normal(size=200).astype(np.float32)])
+    k = _keys_of_float32(v).astype(np.int64)
+    assert np.array_equal(k[:, None] <= k[None, :], v[:, None] <= v[None, :])
+    out = np.empty((1, v.size), np.uint32)
+    _float32_keys(v.astype(np.float64)[None, :], out)  # the scoring path's conversion
+    assert np.array_equal(out[0], _keys_of_float32(v))
+    t = np.array([0.1, -0.1, 1e-50, -1e-50, 1e39, -1e39, 0.0, -0.0, np.inf, 2.0 ** -149, 3.0])
+    # x <= t for float32 x  <=>  key(x) <= threshold key
+    kt = _threshold_keys(t).astype(np.int64)
+    assert np.array_equal(k[:, None] <= kt[None, :], v.astype(np.float64)[:, None] <= t[None, :])
+
+
+def test_sliding_forest_default_windows_tile_the_stream():
+    """With window_size == refit_every every learned event belongs to exactly one forest's window."""
+    det = SlidingWindowIForest(window_size=300, refit_every=300, warmup=100, n_estimators=5, seed=0)
+    assert SlidingWindowIForest().window_size == SlidingWindowIForest().refit_every
+    X = np.random.default_rng(4).normal(size=(1000, 2))
+    seen = []
+    for s in range(0, 1000, 70):  # batches that straddle the refit points
+        det.learn_many(X[s:s + 70])
+        if det.n_fits_ and (not seen or seen[-1][0] != det.n_fits_):
+            seen.append((det.n_fits_, det.train_window_.copy()))
+    assert [k for k, _ in seen] == [1, 2, 3, 4]  # fits at 100, 300, 600, 900
+    for k, (_, W) in enumerate(seen[1:]):
+        assert np.array_equal(W, X[300 * k:300 * (k + 1)].astype(np.float32))
+
+
+def test_sliding_forest_refuses_values_beyond_float32():
+    det = SlidingWindowIForest(window_size=50, refit_every=50, warmup=20, n_estimators=5)
+    det.learn_many(np.zeros((10, 2)))
+    before = dumps(det.state_dict())
+    with pytest.raises(ValueError, match="float32 range"):
+        det.learn_many(np.array([[0.0, 1.0], [4e38, 0.0]]))
+    assert dumps(det.state_dict()) == before
 
 
 # -- univariate metric streams: spikes, level shifts, seasonality -------------------------------------
