@@ -50,24 +50,21 @@ def measure_and_check(x: np.ndarray, sr: int, codec: str | None, th=signal_check
         ``(measurements, defects)``: a dict with the fields of
         :class:`stream.schemas.QCMeasurements` (None where undefined) and a
         list of defect dicts.
+
+    Raises:
+        DecodeError: when a sample is NaN or infinite (found by the analysis
+            pass, so the decoder need not scan for them).
     """
     n, c = x.shape
     dur = n / sr
-    ch = np.ascontiguousarray(x.T)
-    csum, bounds = loudness.subblock_power(ch, sr, channel_major=True)
+    ps = loudness.analysis_pass(x, sr, copy_channels=True)
+    if not ps.finite:
+        raise DecodeError("decoded samples contain NaN or infinity")
+    ch = ps.channels
+    csum, bounds = ps.csum, ps.bounds
     lres = loudness.measure_loudness_from_power(csum, bounds)
     tp = np.array([loudness.true_peak_channel(ch[i], sr) for i in range(c)])
-    peak = np.array([max(float(ch[i].max()), -float(ch[i].min())) for i in range(c)])
-    dc = np.array([float(ch[i].mean(dtype=np.float64)) for i in range(c)])
-    corr = None
-    if c >= 2:
-        l, r = ch[0], ch[1]
-        lm, rm = float(dc[0]), float(dc[1])
-        sll = float(np.dot(l, l)) - n * lm * lm
-        srr = float(np.dot(r, r)) - n * rm * rm
-        slr = float(np.dot(l, r)) - n * lm * rm
-        if sll > 0 and srr > 0:
-            corr = max(-1.0, min(1.0, slr / math.sqrt(sll * srr)))
+    peak, dc, corr = ps.peak, ps.dc, ps.lr_correlation
     meas = {
         "integrated_lufs": _r(lres.integrated_lufs),
         "loudness_range_lu": _r(lres.loudness_range_lu),
@@ -122,7 +119,9 @@ def analyze_path(path: Path, *, memory_budget_bytes: int, ffmpeg_timeout_s: floa
             findings, _ = integrity.check_ogg(data)
         elif fmt == "wav":
             findings = integrity.check_wav(data)
-        elif fmt in ("flac", "mp3"):
+        elif fmt == "flac":
+            findings = integrity.check_flac(data)
+        elif fmt == "mp3":
             findings = integrity.check_with_ffmpeg(path, ffmpeg_timeout_s, fmt)
     except Exception as exc:  # a checker bug must not hide the decode result  # noqa: BLE001
         findings = [integrity.Finding("decode_error", f"integrity check failed: {type(exc).__name__}")]
@@ -131,7 +130,7 @@ def analyze_path(path: Path, *, memory_budget_bytes: int, ffmpeg_timeout_s: floa
         sev = Severity.error if f.code == "truncated" else Severity.critical
         out["defects"].append(_defect(f.code, sev, f.detail))
     try:
-        dec = decode(path, memory_budget_bytes, ffmpeg_timeout_s)
+        dec = decode(path, memory_budget_bytes, ffmpeg_timeout_s, check_finite=False)
     except ResourceLimit as exc:
         out["finished"] = False
         out["defects"].append(_defect("decode_error", Severity.critical, f"sandbox limit: {exc}"))
@@ -151,10 +150,40 @@ def analyze_path(path: Path, *, memory_budget_bytes: int, ffmpeg_timeout_s: floa
                 "truncated", Severity.error,
                 f"header declares {dec.declared_frames / dec.sample_rate:.2f} s, "
                 f"{dec.duration_s:.2f} s decoded", round(dec.duration_s, 3), None))
-    meas, defects = measure_and_check(dec.samples, dec.sample_rate, dec.codec)
+    try:
+        meas, defects = measure_and_check(dec.samples, dec.sample_rate, dec.codec)
+    except DecodeError as exc:
+        out["defects"].append(_defect("decode_error", Severity.critical, str(exc)))
+        return out
     out["measurements"] = meas
     out["defects"] += defects
     return out
+
+
+def warm_up() -> float:
+    """Compile the numba kernels of the analysis now (first calls otherwise
+    pay 5-10 s of compilation); returns the seconds spent.
+
+    The fork server (:mod:`audio_qc.zygote`) calls it once at start, so every
+    sandboxed child starts with compiled kernels (numba's on-disk cache is not
+    used: it pickles). Covers the dtypes and layouts :func:`analyze_path`
+    uses: interleaved float32 from the decoders, mono and stereo, and the FLAC
+    frame walk.
+    """
+    import io
+    import time
+
+    import soundfile as sf
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    for channels in (1, 2):
+        x = (0.1 * rng.standard_normal((48000, channels))).astype(np.float32)
+        measure_and_check(x, 48000, "pcm_f32")
+    buf = io.BytesIO()
+    sf.write(buf, (0.1 * rng.standard_normal((8192, 2))).astype(np.float32), 44100, format="FLAC", subtype="PCM_16")
+    integrity.check_flac(buf.getvalue())
+    return time.perf_counter() - t0
 
 
 def declared_defects(result: dict, declared: AudioIngested | None) -> list[dict]:

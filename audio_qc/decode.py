@@ -111,13 +111,16 @@ def _plausible(frames: int, rate: int, channels: int, file_bytes: int, budget_by
         )
 
 
-def decode(path: Path, budget_bytes: int, ffmpeg_timeout_s: float = 60.0) -> Decoded:
+def decode(path: Path, budget_bytes: int, ffmpeg_timeout_s: float = 60.0, check_finite: bool = True) -> Decoded:
     """Decode a file to float32, libsndfile first, ffmpeg otherwise.
 
     Args:
         path: file to decode.
         budget_bytes: largest decoded float32 size allowed, bytes.
         ffmpeg_timeout_s: wall-clock limit of the ffmpeg fallback, seconds.
+        check_finite: reject NaN/infinite samples here (a full pass over the
+            audio). :func:`audio_qc.analyze.analyze_path` passes False: its
+            single analysis pass detects them from the float64 sums.
 
     Returns:
         :class:`Decoded` with at least one sample.
@@ -142,13 +145,14 @@ def decode(path: Path, budget_bytes: int, ffmpeg_timeout_s: float = 60.0) -> Dec
             raise DecodeError(f"libsndfile: {exc}") from exc
         if x.shape[0] == 0:
             raise DecodeError("no audio samples decoded")
-        if not np.isfinite(x).all():
+        if check_finite and not np.isfinite(x).all():
             raise DecodeError("decoded samples contain NaN or infinity")
         return Decoded(x, int(sr), "libsndfile", _SF_CODEC.get(info.subtype, info.subtype.lower()), int(info.frames))
-    return _decode_ffmpeg(path, file_bytes, budget_bytes, ffmpeg_timeout_s)
+    return _decode_ffmpeg(path, file_bytes, budget_bytes, ffmpeg_timeout_s, check_finite)
 
 
-def _decode_ffmpeg(path: Path, file_bytes: int, budget_bytes: int, timeout_s: float) -> Decoded:
+def _decode_ffmpeg(path: Path, file_bytes: int, budget_bytes: int, timeout_s: float,
+                   check_finite: bool = True) -> Decoded:
     try:
         probe = subprocess.run(
             ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_streams", "-of", "json", str(path)],
@@ -191,6 +195,6 @@ def _decode_ffmpeg(path: Path, file_bytes: int, budget_bytes: int, timeout_s: fl
     if usable == 0:
         raise DecodeError("ffmpeg decoded no samples")
     x = np.frombuffer(raw[:usable], dtype="<f4").reshape(-1, channels).astype(np.float32)
-    if not np.isfinite(x).all():
+    if check_finite and not np.isfinite(x).all():
         raise DecodeError("decoded samples contain NaN or infinity")
     return Decoded(x, rate, "ffmpeg", st.get("codec_name"), int(dur * rate) if dur else None)

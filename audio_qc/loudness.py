@@ -4,7 +4,10 @@ Implements, vectorised over whole files:
 
 * K-weighting (BS.1770-4 Annex 1): the high-shelf "pre-filter" and the RLB
   high-pass, designed for any sample rate from their analogue prototypes
-  (the same bilinear design libebur128 uses), run with :func:`scipy.signal.sosfilt`;
+  (the same bilinear design libebur128 uses), run as two cascaded float64
+  biquads (direct form I) in a compiled loop (numba) that also sums the
+  energy per 10 ms sub-block, the sample peak, the DC sum and the L/R
+  products in the same pass (:func:`analysis_pass`);
 * channel weights G_i (1.0 for L, R, C; 1.41 for surrounds; 0 for LFE);
 * momentary (400 ms) and short-term (3 s) loudness, evaluated every 10 ms;
 * gated integrated loudness (BS.1770-4 §2: 400 ms blocks with 75 % overlap,
@@ -12,7 +15,8 @@ Implements, vectorised over whole files:
 * loudness range (EBU Tech 3342: short-term values every 100 ms, absolute gate
   -70 LUFS, relative gate -20 LU, LRA = 95th - 10th percentile);
 * true peak (BS.1770-4 Annex 2: 4x polyphase interpolation with the 48-tap
-  filter of the Annex; 2x at 96 kHz and up, none at 192 kHz and up).
+  filter of the Annex; 2x at 96 kHz and up, none at 192 kHz and up), a
+  compiled polyphase kernel evaluated only on blocks that can raise the maximum.
 
 Undefined values are ``None`` (silence, audio shorter than one gating block),
 never -inf or NaN.
@@ -26,8 +30,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numba as nb
 import numpy as np
-from scipy.signal import sosfilt
 
 #: Absolute gate of BS.1770-4 and Tech 3342, LUFS.
 ABSOLUTE_GATE_LUFS = -70.0
@@ -159,12 +163,155 @@ def _window_power(csum: np.ndarray, bounds: np.ndarray, width: int, step: int) -
     return np.maximum(energy, 0.0) / samples
 
 
+@nb.njit(nogil=True, fastmath={"contract"})
+def _channel_pass(x, out, sos, gain, bounds, energy, other, stats):  # pragma: no cover - compiled
+    """One channel: K-weighting, weighted energy per sub-block, statistics.
+
+    x: (n,) float32 (any stride); out: (n,) float32 channel-major copy of x,
+    or size 0 for none; sos: (2, 6) float64; gain: channel weight G_i;
+    bounds: (n_sub + 1,) int64; energy: (n_sub,) float64, ``gain * sum(y^2)``
+    is added; other: (n,) float32 channel to correlate with (size 0: none);
+    stats: (5,) float64 out: max, min, sum, sum of squares, sum of x*other.
+    Two biquads in direct form I, float64, so each output depends on the
+    previous one through a single multiply-add.
+    """
+    n = x.shape[0]
+    b0, b1, b2, a1, a2 = sos[0, 0], sos[0, 1], sos[0, 2], sos[0, 4], sos[0, 5]
+    d0, d1, d2, e1, e2 = sos[1, 0], sos[1, 1], sos[1, 2], sos[1, 4], sos[1, 5]
+    x1 = x2 = y1 = y2 = z1 = z2 = 0.0
+    mx = -np.inf
+    mn = np.inf
+    s = ss = sx = 0.0
+    copy = out.shape[0] == n
+    cross = other.shape[0] == n
+    n_sub = bounds.shape[0] - 1
+    k = 0
+    nxt = bounds[1] if n_sub > 0 else n + 1
+    acc = 0.0
+    for i in range(n):
+        xi = x[i]
+        if copy:
+            out[i] = xi
+        v = np.float64(xi)
+        y = (b0 * v + b1 * x1 + b2 * x2 - a2 * y2) - a1 * y1
+        z = (d0 * y + d1 * y1 + d2 * y2 - e2 * z2) - e1 * z1
+        x2 = x1
+        x1 = v
+        y2 = y1
+        y1 = y
+        z2 = z1
+        z1 = z
+        acc += z * z
+        if i + 1 == nxt:
+            energy[k] += gain * acc
+            acc = 0.0
+            k += 1
+            nxt = bounds[k + 1] if k < n_sub else n + 1
+        mx = max(mx, v)
+        mn = min(mn, v)
+        s += v
+        ss += v * v
+        if cross:
+            sx += v * np.float64(other[i])
+    stats[0] = mx
+    stats[1] = mn
+    stats[2] = s
+    stats[3] = ss
+    stats[4] = sx
+
+
+def _bounds(n: int, sample_rate: float) -> np.ndarray:
+    sub = sample_rate * SUB_BLOCK_S
+    n_sub = int(n // sub)
+    return np.round(np.arange(n_sub + 1) * sub).astype(np.int64)
+
+
+@dataclass
+class PassResult:
+    """Output of :func:`analysis_pass` (one read of the decoded audio).
+
+    Attributes:
+        csum, bounds: as returned by :func:`subblock_power`.
+        channels: float32 shape (n_channels, n_samples), channel-major copy of
+            the input (None when not requested).
+        peak: sample peak per channel, shape (n_channels,), linear.
+        dc: mean per channel, shape (n_channels,), linear.
+        lr_correlation: Pearson correlation of channels 0 and 1 (None for mono
+            or a constant channel).
+        finite: False when any sample is NaN or infinite (every other field is
+            then meaningless).
+    """
+
+    csum: np.ndarray
+    bounds: np.ndarray
+    channels: np.ndarray | None
+    peak: np.ndarray
+    dc: np.ndarray
+    lr_correlation: float | None
+    finite: bool
+
+
+def analysis_pass(x: np.ndarray, sample_rate: float, channel_major: bool = False,
+                  copy_channels: bool = False) -> PassResult:
+    """K-weighted sub-block energies, sample peak, DC and L/R correlation in
+    one compiled pass per channel.
+
+    Args:
+        x: samples, shape (n_samples, n_channels) (or (n_channels, n_samples)
+            with ``channel_major=True``), float, full scale 1.0. float32 is
+            read in place; other dtypes are converted first.
+        sample_rate: Hz, > 0.
+        channel_major: layout of ``x``.
+        copy_channels: also return the channel-major float32 copy (written in
+            the same pass; saves a separate transpose).
+
+    Returns:
+        :class:`PassResult`. The K-weighting runs in float64 (two biquads,
+        BS.1770-4 Annex 1); sums are float64.
+
+    Raises:
+        ValueError: if ``sample_rate`` is not positive or ``x`` is not 2-D.
+
+    Source: BS.1770-4 Annex 1 (K-weighting, channel weights G_i).
+    """
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D, got shape {x.shape}")
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    ch = x if channel_major else x.T
+    c, n = ch.shape
+    sos = k_weighting_sos(sample_rate)
+    bounds = _bounds(n, sample_rate)
+    w = channel_weights(c)
+    energy = np.zeros(max(len(bounds) - 1, 0))
+    out = np.empty((c, n), dtype=np.float32) if copy_channels else None
+    stats = np.zeros((c, 5))
+    empty = np.zeros(0, dtype=np.float32)
+    for i in range(c):
+        dst = out[i] if out is not None else empty
+        other = (out[0] if out is not None else ch[0]) if (i == 1) else empty
+        _channel_pass(ch[i], dst, sos, float(w[i]), bounds, energy, other, stats[i])
+    finite = bool(np.isfinite(stats[:, 2]).all() and np.isfinite(stats[:, 3]).all())
+    csum = np.concatenate(([0.0], np.cumsum(np.maximum(energy, 0.0))))
+    peak = np.maximum(stats[:, 0], -stats[:, 1]) if n else np.zeros(c)
+    dc = stats[:, 2] / n if n else np.zeros(c)
+    corr = None
+    if c >= 2 and n and finite:
+        lm, rm = dc[0], dc[1]
+        sll = stats[0, 3] - n * lm * lm
+        srr = stats[1, 3] - n * rm * rm
+        slr = stats[1, 4] - n * lm * rm
+        if sll > 0 and srr > 0:
+            corr = max(-1.0, min(1.0, float(slr / math.sqrt(sll * srr))))
+    return PassResult(csum, bounds, out, peak, dc, corr, finite)
+
+
 def subblock_power(x: np.ndarray, sample_rate: float, channel_major: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Channel-weighted K-weighted energy per 10 ms sub-block.
 
     Args:
         x: samples, shape (n_samples, n_channels) (or (n_channels, n_samples)
-            with ``channel_major=True``, the fast layout), float, full scale 1.0.
+            with ``channel_major=True``), float, full scale 1.0.
         sample_rate: Hz.
 
     Returns:
@@ -173,28 +320,8 @@ def subblock_power(x: np.ndarray, sample_rate: float, channel_major: bool = Fals
         shape (n_sub + 1,), sample index of each sub-block boundary. The
         incomplete last sub-block is dropped.
     """
-    ch = x if channel_major else x.T
-    c, n = ch.shape
-    sub = sample_rate * SUB_BLOCK_S
-    n_sub = int(n // sub)
-    bounds = np.round(np.arange(n_sub + 1) * sub).astype(np.int64)
-    if n_sub == 0:
-        return np.zeros(1), bounds
-    sos = k_weighting_sos(sample_rate).astype(np.float32)
-    w = channel_weights(c)
-    total = np.zeros(n_sub)
-    end = int(bounds[-1])
-    for i in range(c):
-        if w[i] == 0.0:
-            continue
-        y = sosfilt(sos, np.ascontiguousarray(ch[i, :end], dtype=np.float32))
-        np.square(y, out=y)
-        if sub == int(sub):  # equal sub-blocks: a reshaped (pairwise) sum is faster than reduceat
-            total += w[i] * y.reshape(n_sub, int(sub)).sum(axis=1).astype(np.float64)
-        else:
-            total += w[i] * np.add.reduceat(y, bounds[:-1], dtype=np.float64)
-    csum = np.concatenate(([0.0], np.cumsum(total)))
-    return csum, bounds
+    r = analysis_pass(x, sample_rate, channel_major=channel_major)
+    return r.csum, r.bounds
 
 
 def measure_loudness(x: np.ndarray, sample_rate: float) -> LoudnessResult:
@@ -265,59 +392,139 @@ def _oversampling_phases(sample_rate: float) -> np.ndarray:
     return TRUE_PEAK_PHASES
 
 
+_TAPS = 12
+_ABS = np.int32(0x7FFFFFFF)
+
+
+@nb.njit(nogil=True, fastmath=True)
+def _fir12(xs, h, out, n_out):  # pragma: no cover - compiled
+    """out[t] = sum_j h[j] * xs[t + 11 - j] for t < n_out (xs holds n_out + 11
+    samples). Written out for 12 taps with unsigned indices, so LLVM
+    vectorises the loop (no negative-index wraparound, no reduction)."""
+    h0, h1, h2, h3, h4, h5 = h[0], h[1], h[2], h[3], h[4], h[5]
+    h6, h7, h8, h9, h10, h11 = h[6], h[7], h[8], h[9], h[10], h[11]
+    for t in range(n_out):
+        u = np.uint64(t)
+        out[u] = (h0 * xs[u + 11] + h1 * xs[u + 10] + h2 * xs[u + 9] + h3 * xs[u + 8]
+                  + h4 * xs[u + 7] + h5 * xs[u + 6] + h6 * xs[u + 5] + h7 * xs[u + 4]
+                  + h8 * xs[u + 3] + h9 * xs[u + 2] + h10 * xs[u + 1] + h11 * xs[u])
+
+
+@nb.njit(nogil=True)
+def _absmax_bits(bits, start, stop):  # pragma: no cover - compiled
+    """max |v| over float32 values given as their int32 bit patterns: with the
+    sign bit cleared, IEEE-754 order equals integer order, and an integer max
+    reduction vectorises where a float one does not (numba 0.68)."""
+    best = np.int32(0)
+    for i in range(start, stop):
+        v = bits[i] & _ABS
+        best = v if v > best else best
+    return best
+
+
+@nb.njit(nogil=True)
+def _true_peak_kernel(x, phases, block):  # pragma: no cover - compiled
+    """max(|x|, |interpolated x|) of one channel; see :func:`true_peak_channel`.
+
+    x: (n,) float32 contiguous, finite; phases: (P, 12) float32; block: output
+    samples per pruning block (>= 11). Output m of phase p is
+    sum_j phases[p, j] * x[m - j], m in [0, n + 11) (zeros outside x).
+    """
+    n = x.shape[0]
+    n_ph = phases.shape[0]
+    taps = _TAPS
+    xb = x.view(np.int32)
+    nbx = (n + block - 1) // block
+    bmi = np.zeros(nbx + 1, dtype=np.int32)  # bm[k + 1]: max |x| over x block k; bm[0] = 0
+    for k in range(nbx):
+        bmi[k + 1] = _absmax_bits(xb, k * block, min(n, (k + 1) * block))
+    bm = bmi.view(np.float32)
+    kmax = 0
+    top = np.int32(0)
+    for k in range(nbx):
+        if bmi[k + 1] > top:
+            top = bmi[k + 1]
+            kmax = k
+    peak = bm[kmax + 1]
+    if top == 0 or n_ph == 0:
+        return np.float64(peak)
+    l1 = 0.0
+    for p in range(n_ph):
+        sp = 0.0
+        for j in range(taps):
+            sp += abs(np.float64(phases[p, j]))
+        l1 = max(l1, sp)
+    n_ob = (n + taps - 1 + block - 1) // block  # output blocks
+    w = np.zeros(block + taps - 1, dtype=np.float32)  # zero-padded window for the edge blocks
+    buf = np.zeros(block, dtype=np.float32)
+    bufb = buf.view(np.int32)
+    best = np.float64(peak)
+    # output block k reads x[k*block - 11 : (k+1)*block], inside x blocks k-1 and k
+    for step in range(n_ob + 2):
+        if step < 2:  # first the two output blocks around the loudest sample: a high bar early
+            k = kmax + step
+            if k >= n_ob:
+                continue
+        else:
+            k = step - 2
+            if k == kmax or k == kmax + 1:
+                continue
+        bound = l1 * np.float64(max(bm[k], bm[k + 1] if k < nbx else np.float32(0.0)))
+        if bound <= best:
+            continue
+        m0 = k * block
+        m1 = min((k + 1) * block, n + taps - 1)
+        if m0 >= taps - 1 and m1 <= n:
+            xs = x[m0 - (taps - 1) : m1]
+        else:  # edge block: x[m0 - 11 : m1] with zeros outside x
+            for t in range(m1 - m0 + taps - 1):
+                i = m0 - (taps - 1) + t
+                w[t] = x[i] if 0 <= i < n else np.float32(0.0)
+            xs = w
+        for p in range(n_ph):
+            _fir12(xs, phases[p], buf, m1 - m0)
+            vb = _absmax_bits(bufb, 0, m1 - m0)
+            buf[0] = 0.0
+            bufb[0] = vb
+            v = np.float64(buf[0])
+            if v > best:
+                best = v
+    return best
+
+
 def true_peak_channel(x: np.ndarray, sample_rate: float, block: int = 64) -> float:
     """True peak of one channel, linear (full scale 1.0).
 
-    The 4x polyphase interpolation of BS.1770-4 Annex 2 is evaluated only
-    where it can change the result: blocks are visited in decreasing order of
-    their local sample maximum, and the search stops once a block's bound
-    ``sum|h_p| * max|x|`` (the most any phase can reach there) is below the
-    largest interpolated value found. The result equals full oversampling.
+    The polyphase interpolation of BS.1770-4 Annex 2 (4 phases of 12 taps) is
+    evaluated only where it can change the result: output blocks of ``block``
+    samples are skipped when their bound ``max_p sum_j |h_pj| * max|x|`` (over
+    the 12-sample window of every output in the block, the most any phase can
+    reach there) is not above the largest value found so far; the blocks
+    around the loudest sample are evaluated first. The result equals full
+    oversampling (float32 products, within ~1e-6 relative).
 
     Args:
         x: samples, shape (n_samples,), float.
         sample_rate: Hz (4x below 96 kHz, 2x below 192 kHz, 1x above).
-        block: samples per pruning block.
+        block: samples per pruning block (>= 11).
 
     Returns:
         max(|sample peak|, |interpolated peak|), linear, >= 0.
 
+    Raises:
+        ValueError: if ``block`` < 11.
+
     Source: ITU-R BS.1770-4 Annex 2.
     """
-    x = np.asarray(x)
-    n = len(x)
-    if n == 0:
+    if block < _TAPS - 1:
+        raise ValueError(f"block must be >= {_TAPS - 1}, got {block}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if len(x) == 0:
         return 0.0
-    sample_peak = float(np.max(np.abs(x)))
     phases = _oversampling_phases(sample_rate)
-    if sample_peak == 0.0 or not np.any(phases):
-        return sample_peak
-    taps = phases.shape[1]
-    n_blocks = (n + taps - 1 + block - 1) // block
-    xp = np.zeros((n_blocks + 1) * block + taps, dtype=np.float32)
-    xp[taps - 1 : taps - 1 + n] = x
-    ab = np.abs(xp[: (n_blocks + 1) * block]).reshape(n_blocks + 1, block).max(axis=1)
-    bound_blocks = np.maximum(ab[:-1], ab[1:])
-    l1 = float(np.abs(phases).sum(axis=1).max())
-    # the result is at least the sample peak: blocks that cannot beat it are skipped
-    cand = np.flatnonzero(l1 * bound_blocks > sample_peak)
-    order = cand[np.argsort(-bound_blocks[cand], kind="stable")]
-    best = 0.0
-    chunk = 256
-    span = np.arange(block + taps - 1)
-    for i in range(0, len(order), chunk):
-        sel = order[i : i + chunk]
-        if len(sel) == 0:
-            break
-        if l1 * float(bound_blocks[sel[0]]) <= best:
-            break
-        w = xp[(sel * block)[:, None] + span].astype(np.float64)
-        for h in phases:
-            y = np.zeros((len(sel), block))
-            for j in range(taps):
-                y += h[j] * w[:, taps - 1 - j : taps - 1 - j + block]
-            best = max(best, float(np.abs(y).max()))
-    return max(best, sample_peak)
+    if not np.any(phases):
+        phases = phases[:0]
+    return float(_true_peak_kernel(x, np.ascontiguousarray(phases, dtype=np.float32), int(block)))
 
 
 def true_peak(x: np.ndarray, sample_rate: float) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Fork server for sandboxed QC children ("zygote"), JSON lines on stdin/stdout.
 
 Run as ``python -m audio_qc.zygote`` by :mod:`audio_qc.check`. It imports the
-analysis modules once (numpy, scipy: ~1.5 s), then for each request line::
+analysis modules once (numpy, scipy: ~1.5 s) and compiles their numba kernels
+(:func:`audio_qc.analyze.warm_up`, a few seconds), then for each request line::
 
     {"path": str, "cpu": int, "mem": int, "budget": int, "ffmpeg_timeout": float}
 
@@ -54,7 +55,9 @@ def _child(req: dict, wfd: int) -> None:
 
 def serve() -> None:
     """Serve requests from stdin until EOF."""
-    import audio_qc.analyze  # noqa: F401  (preload: children start warm)
+    import audio_qc.analyze  # preload: children start warm
+
+    audio_qc.analyze.warm_up()  # compile the numba kernels once, before any fork
 
     out = sys.stdout
     for line in sys.stdin:
