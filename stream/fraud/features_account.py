@@ -385,12 +385,9 @@ class AccountFeatures:
         """Drop accounts, IPs and devices idle for ``ttl_s`` (and clear their sketches)."""
         self.accounts.expire(now)
         for table, banks in ((self.ips, self.ip_hll), (self.devices, self.dev_hll)):
-            live_before = np.fromiter((i is not None for i in table.ids_), bool, table.capacity)
             table.expire(now)
-            live_after = np.fromiter((i is not None for i in table.ids_), bool, table.capacity)
-            gone = np.flatnonzero(live_before & ~live_after)
             for b in banks:
-                b.clear(gone)
+                b.clear(table.last_expired_)
 
     def nbytes(self) -> int:
         """Bytes held by account, IP and device state (with sketches)."""

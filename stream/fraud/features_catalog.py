@@ -249,11 +249,9 @@ class CatalogFeatures:
     def expire(self, now: float) -> None:
         """Drop entities idle for ``ttl_s`` (and clear their listener sketches)."""
         for ent in (self.tracks, self.artists):
-            before = np.fromiter((i is not None for i in ent.table.ids_), bool, ent.table.capacity)
             ent.table.expire(now)
-            after = np.fromiter((i is not None for i in ent.table.ids_), bool, ent.table.capacity)
             for b in ent.hll:
-                b.clear(np.flatnonzero(before & ~after))
+                b.clear(ent.table.last_expired_)
         self.accounts.expire(now)
 
     def nbytes(self) -> int:

@@ -2,8 +2,9 @@
 
 datasketch keeps one Python object per sketch and updates it one value at a
 time; the core updates thousands of entities per micro-batch, so these sketches
-keep many entities' registers in one numpy array and update them per batch with
-``np.maximum.at`` / ``np.add.at`` / ``np.bitwise_or.at``.
+keep many entities' registers in one numpy array and update them per batch
+with compiled loops (numba; each kernel is checked against a plain numpy
+reference in ``tests/test_fraud_kernels.py``).
 
 * :func:`stable_hash64`: 64-bit BLAKE2b hash of strings, stable across
   processes (Python's ``hash`` is salted per process, so it cannot be used in
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numba as nb
 import numpy as np
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -34,11 +36,9 @@ def stable_hash64(values) -> np.ndarray:
     Returns:
         uint64 array (n,). Stable across processes and machines (BLAKE2b).
     """
-    vals = list(values)
-    out = np.empty(len(vals), np.uint64)
-    for i, v in enumerate(vals):
-        out[i] = int.from_bytes(hashlib.blake2b(("" if v is None else v).encode(), digest_size=8).digest(), "little")
-    return out
+    b2 = hashlib.blake2b
+    raw = b"".join([b2(("" if v is None else v).encode(), digest_size=8).digest() for v in values])
+    return np.frombuffer(raw, "<u8").astype(np.uint64)
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -71,6 +71,92 @@ def _clz_rank(w: np.ndarray, bits: int) -> np.ndarray:
 
 
 _POW2_NEG = np.power(2.0, -np.arange(256, dtype=np.float64))
+
+
+@nb.njit(inline="always")
+def _mix64_one(z):
+    # SplitMix64 finaliser of one uint64 (wrapping arithmetic, as mix64)
+    z = z ^ (z >> np.uint64(30))
+    z = z * np.uint64(0xBF58476D1CE4E5B9)
+    z = z ^ (z >> np.uint64(27))
+    z = z * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@nb.njit
+def _hll_add_kernel(reg, slots, hashes, p):
+    # reg[slot, idx] = max(reg, rank); rank as _clz_rank (float64 log2, capped at 63)
+    m1 = np.uint64((1 << p) - 1)
+    bits = 64 - p
+    for i in range(len(slots)):
+        h = hashes[i]
+        j = np.int64(h & m1)
+        w = h >> np.uint64(p)
+        if w > np.uint64(0):
+            r = bits - np.int64(np.floor(np.log2(np.float64(w))))
+        else:
+            r = bits + 1
+        if r > 63:
+            r = 63
+        s = slots[i]
+        if reg[s, j] < r:
+            reg[s, j] = np.uint8(r)
+
+
+@nb.njit
+def _hll_estimate_kernel(reg, other, slots, alpha, pow2neg, out):
+    # raw HLL estimate of the max-merge of reg (and other, if it has rows) with
+    # the small-range linear-counting correction
+    m = reg.shape[1]
+    both = other.shape[0] > 0
+    for i in range(len(slots)):
+        s = slots[i]
+        z = 0.0
+        zeros = 0
+        for j in range(m):
+            r = reg[s, j]
+            if both and other[s, j] > r:
+                r = other[s, j]
+            z += pow2neg[r]
+            if r == 0:
+                zeros += 1
+        e = alpha * m * m / z
+        if e <= 2.5 * m and zeros > 0:
+            e = m * np.log(m / zeros)
+        out[i] = e
+
+
+@nb.njit
+def _cm_cols(keys, seeds, mask, cols):
+    for i in range(len(keys)):
+        for d in range(len(seeds)):
+            cols[d, i] = np.int64(_mix64_one(keys[i] ^ seeds[d]) & mask)
+
+
+@nb.njit
+def _cm_add_kernel(table, keys, counts, seeds, mask):
+    for i in range(len(keys)):
+        for d in range(len(seeds)):
+            table[d, np.int64(_mix64_one(keys[i] ^ seeds[d]) & mask)] += counts[i]
+
+
+@nb.njit
+def _cm_query_kernel(table, keys, seeds, mask, out):
+    for i in range(len(keys)):
+        est = np.int64(table[0, np.int64(_mix64_one(keys[i] ^ seeds[0]) & mask)])
+        for d in range(1, len(seeds)):
+            v = np.int64(table[d, np.int64(_mix64_one(keys[i] ^ seeds[d]) & mask)])
+            if v < est:
+                est = v
+        out[i] = est
+
+
+@nb.njit
+def _cm_zero_kernel(table, keys, seeds, mask):
+    # zero exactly the counters keys were added to (sparse clear)
+    for i in range(len(keys)):
+        for d in range(len(seeds)):
+            table[d, np.int64(_mix64_one(keys[i] ^ seeds[d]) & mask)] = 0
 
 
 class HLLBank:
@@ -112,24 +198,16 @@ class HLLBank:
         """Add hashed items (uint64, shape (n,)) to entities ``slots`` (n,)."""
         if len(slots) == 0:
             return
-        h = np.asarray(hashes, np.uint64)
-        idx = (h & np.uint64(self.m - 1)).astype(np.int64)
-        w = h >> np.uint64(self.p)
-        rank = _clz_rank(w, 64 - self.p)
-        np.maximum.at(self.reg_, (np.asarray(slots, np.int64), idx), rank)
+        _hll_add_kernel(self.reg_, np.asarray(slots, np.int64), np.asarray(hashes, np.uint64), self.p)
 
     def estimate(self, slots: np.ndarray, other: "HLLBank | None" = None) -> np.ndarray:
         """Cardinality estimates (float64, shape (n,)) of ``slots``; with
         ``other``, of the union of both banks' registers (max-merge)."""
-        r = self.reg_[slots]
-        if other is not None:
-            r = np.maximum(r, other.reg_[slots])
-        z = _POW2_NEG[r].sum(axis=1)
-        e = self._alpha * self.m * self.m / z
-        zeros = np.sum(r == 0, axis=1)
-        small = (e <= 2.5 * self.m) & (zeros > 0)
-        e[small] = self.m * np.log(self.m / zeros[small])
-        return e
+        slots = np.asarray(slots, np.int64)
+        out = np.empty(len(slots))
+        o = other.reg_ if other is not None else self.reg_[:0]
+        _hll_estimate_kernel(self.reg_, o, slots, self._alpha, _POW2_NEG, out)
+        return out
 
 
 class CountMin:
@@ -155,33 +233,62 @@ class CountMin:
         self.width = width
         self.depth = depth
         self.table_ = np.zeros((depth, width), np.int32)
+        self._seeds = np.array([0x5DEECE66D * (d + 1) for d in range(depth)], np.uint64)
+        self._mask = np.uint64(width - 1)
+        # keys added since the last clear (None: unknown, clear the whole table)
+        self._added: list[np.ndarray] | None = []
+        self._n_added = 0
 
-    def _cols(self, keys: np.ndarray) -> list[np.ndarray]:
-        k = np.asarray(keys, np.uint64)
-        return [(mix64(k ^ np.uint64(0x5DEECE66D * (d + 1))) & np.uint64(self.width - 1)).astype(np.int64)
-                for d in range(self.depth)]
+    def _cols(self, keys: np.ndarray) -> np.ndarray:
+        """Counter column of each key in each row, int64 (depth, n)."""
+        k = np.ascontiguousarray(keys, np.uint64)
+        cols = np.empty((self.depth, len(k)), np.int64)
+        _cm_cols(k, self._seeds, self._mask, cols)
+        return cols
 
     def add(self, keys: np.ndarray, counts: np.ndarray | None = None) -> None:
         """Add ``counts`` (default 1 each) to ``keys`` (uint64, shape (n,))."""
         if len(keys) == 0:
             return
-        c = np.ones(len(keys), np.int32) if counts is None else np.asarray(counts, np.int32)
-        for d, col in enumerate(self._cols(keys)):
-            np.add.at(self.table_[d], col, c)
+        k = np.array(keys, np.uint64)  # a copy: kept for the sparse clear
+        c = np.ones(len(k), np.int32) if counts is None else np.ascontiguousarray(counts, np.int32)
+        _cm_add_kernel(self.table_, k, c, self._seeds, self._mask)
+        if self._added is not None:
+            self._n_added += len(k)
+            if self._n_added > self.width // 4:
+                self._added = None  # cheaper to clear every counter
+            else:
+                self._added.append(k)
 
     def query(self, keys: np.ndarray) -> np.ndarray:
         """Estimated counts (int64, shape (n,))."""
-        if len(keys) == 0:
-            return np.zeros(0, np.int64)
-        cols = self._cols(keys)
-        est = self.table_[0][cols[0]].astype(np.int64)
-        for d in range(1, self.depth):
-            est = np.minimum(est, self.table_[d][cols[d]])
-        return est
+        out = np.empty(len(keys), np.int64)
+        if len(keys):
+            _cm_query_kernel(self.table_, np.ascontiguousarray(keys, np.uint64), self._seeds, self._mask, out)
+        return out
 
     def clear(self) -> None:
-        """Reset every counter to 0."""
-        self.table_[:] = 0
+        """Reset every counter to 0 (only the counters touched since the
+        last clear when they are few)."""
+        if self._added is None:
+            self.table_[:] = 0
+        else:
+            for k in self._added:
+                _cm_zero_kernel(self.table_, k, self._seeds, self._mask)
+        self._added = []
+        self._n_added = 0
+
+    def set_table(self, table: np.ndarray) -> None:
+        """Replace the counters (int32 (depth, width)), e.g. from a snapshot.
+
+        Raises:
+            ValueError: if the shape differs from this sketch's.
+        """
+        table = np.ascontiguousarray(table, np.int32)
+        if table.shape != self.table_.shape:
+            raise ValueError(f"count-min table shape {table.shape} != {self.table_.shape}")
+        self.table_ = table
+        self._added = None
 
 
 def linear_count(bits: np.ndarray) -> np.ndarray:
@@ -288,6 +395,4 @@ class RotatingCountMin:
             else:
                 arr = np.zeros(tuple(t["shape"]), np.int32)
                 arr.ravel()[np.asarray(t["idx"], np.int64)] = np.asarray(t["val"], np.int32)
-            if arr.shape != b.table_.shape:
-                raise ValueError(f"count-min table shape {arr.shape} != {b.table_.shape}")
-            b.table_ = arr
+            b.set_table(arr)

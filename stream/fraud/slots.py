@@ -9,6 +9,8 @@ O(1) per active entity: the columns plus one dict entry and the id string.
 
 from __future__ import annotations
 
+from itertools import repeat
+
 import numpy as np
 
 from stream.fraud.sketches import stable_hash64
@@ -45,6 +47,8 @@ class SlotTable:
         self.cols_ = {k: np.zeros((0, *shape), dt) for k, (dt, shape) in columns.items()}
         self.last_seen_ = np.zeros(0, np.float64)
         self.hash_ = np.zeros(0, np.uint64)
+        self.live_ = np.zeros(0, bool)
+        self.last_expired_ = np.zeros(0, np.int64)
 
     def __len__(self) -> int:
         return len(self.index_)
@@ -63,34 +67,44 @@ class SlotTable:
             self.cols_[k] = np.concatenate([a, np.zeros((extra, *a.shape[1:]), a.dtype)])
         self.last_seen_ = np.concatenate([self.last_seen_, np.zeros(extra)])
         self.hash_ = np.concatenate([self.hash_, np.zeros(extra, np.uint64)])
+        self.live_ = np.concatenate([self.live_, np.zeros(extra, bool)])
         self.free_.extend(range(cap - 1, self.capacity - 1, -1))
         self.ids_.extend([None] * extra)
 
     def lookup(self, ids: list[str]) -> np.ndarray:
-        """Slots (int64, shape (n,)) of ``ids``, allocating new entities."""
+        """Slots (int64, shape (n,)) of ``ids``, allocating new entities.
+
+        One C-level dict probe per id (``map(dict.get)``); new ids are hashed
+        and given slots together.
+        """
+        n = len(ids)
         get = self.index_.get
-        slots = list(map(get, ids))
-        if None in slots:
-            new = list(dict.fromkeys(i for i, s in zip(ids, slots) if s is None))
+        slots = np.fromiter(map(get, ids, repeat(-1, n)), np.int64, n)
+        miss = np.flatnonzero(slots < 0)
+        if len(miss):
+            new = list(dict.fromkeys([ids[i] for i in miss.tolist()]))
             if len(new) > len(self.free_):
                 self._grow(len(self.index_) + len(new))
-            hashes = stable_hash64(new)
-            for i, h in zip(new, hashes):
-                s = self.free_.pop()
-                self.index_[i] = s
-                self.ids_[s] = i
-                self.hash_[s] = h
-            slots = list(map(get, ids))
-        return np.asarray(slots, np.int64)
+            k = len(new)
+            got = self.free_[-k:][::-1]  # the order free_.pop() would give
+            del self.free_[-k:]
+            self.index_.update(zip(new, got))
+            ids_ = self.ids_
+            for i, sl in zip(new, got):
+                ids_[sl] = i
+            self.hash_[got] = stable_hash64(new)
+            self.live_[got] = True
+            slots[miss] = np.fromiter(map(get, [ids[i] for i in miss.tolist()]), np.int64, len(miss))
+        return slots
 
     def touch(self, slots: np.ndarray, ts: np.ndarray) -> None:
         """Record activity: ``last_seen_[slot] = max(last_seen_, ts)``."""
         np.maximum.at(self.last_seen_, slots, ts)
 
     def expire(self, now: float) -> int:
-        """Drop entities inactive since ``now - ttl_s``; returns how many."""
-        live = np.fromiter((i is not None for i in self.ids_), bool, self.capacity)
-        dead = np.flatnonzero(live & (self.last_seen_ < now - self.ttl_s))
+        """Drop entities inactive since ``now - ttl_s``; returns how many
+        (their slots are left in ``last_expired_``)."""
+        dead = np.flatnonzero(self.live_ & (self.last_seen_ < now - self.ttl_s))
         for s in dead.tolist():
             del self.index_[self.ids_[s]]
             self.ids_[s] = None
@@ -98,11 +112,14 @@ class SlotTable:
         for a in self.cols_.values():
             a[dead] = 0
         self.last_seen_[dead] = 0
+        self.live_[dead] = False
+        self.last_expired_ = dead
         return len(dead)
 
     def nbytes(self) -> int:
         """Approximate bytes held (columns, dict entries, id strings)."""
-        b = sum(a.nbytes for a in self.cols_.values()) + self.last_seen_.nbytes + self.hash_.nbytes
+        b = (sum(a.nbytes for a in self.cols_.values()) + self.last_seen_.nbytes + self.hash_.nbytes
+             + self.live_.nbytes)
         b += 8 * self.capacity + 100 * len(self.index_)  # list slots, dict entries
         b += sum(len(i) + 49 for i in self.index_)
         return b
@@ -133,4 +150,5 @@ class SlotTable:
         self.last_seen_ = np.asarray(state["last_seen"], np.float64).copy()
         self.hash_ = np.asarray(state["hash"], np.uint64).copy()
         self.index_ = {i: s for s, i in enumerate(ids) if i is not None}
+        self.live_ = np.fromiter((i is not None for i in ids), bool, n)
         self.free_ = [s for s in range(n - 1, -1, -1) if ids[s] is None]

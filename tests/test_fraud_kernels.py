@@ -1,0 +1,194 @@
+"""Compiled kernels of the play-fraud feature state against plain numpy references.
+
+Each reference below is the plain numpy code the kernel replaced; the kernels
+must give the same numbers (bit for bit, or to floating-point rounding where
+the summation order differs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from stream.fraud.sketches import (
+    _POW2_NEG,
+    CountMin,
+    HLLBank,
+    RotatingCountMin,
+    combine,
+    mix64,
+    stable_hash64,
+)
+from stream.fraud.slots import SlotTable
+
+rng = np.random.default_rng(11)
+
+
+# ---------------------------------------------------------------- references
+def ref_stable_hash64(values):
+    return np.array([int.from_bytes(hashlib.blake2b(("" if v is None else v).encode(), digest_size=8).digest(),
+                                    "little") for v in values], np.uint64)
+
+
+def ref_clz_rank(w, bits):
+    w = w.astype(np.uint64)
+    nz = w > 0
+    lg = np.zeros(w.shape, np.int64)
+    lg[nz] = np.floor(np.log2(w[nz].astype(np.float64))).astype(np.int64)
+    return np.minimum(np.where(nz, bits - lg, bits + 1), 63).astype(np.uint8)
+
+
+def ref_hll_add(reg, p, slots, hashes):
+    idx = (hashes & np.uint64((1 << p) - 1)).astype(np.int64)
+    rank = ref_clz_rank(hashes >> np.uint64(p), 64 - p)
+    np.maximum.at(reg, (slots, idx), rank)
+
+
+def ref_hll_estimate(reg, other, slots, alpha):
+    m = reg.shape[1]
+    r = reg[slots] if other is None else np.maximum(reg[slots], other[slots])
+    z = _POW2_NEG[r].sum(axis=1)
+    e = alpha * m * m / z
+    zeros = np.sum(r == 0, axis=1)
+    small = (e <= 2.5 * m) & (zeros > 0)
+    e[small] = m * np.log(m / zeros[small])
+    return e
+
+
+def ref_cm_cols(keys, width, depth):
+    return [(mix64(keys ^ np.uint64(0x5DEECE66D * (d + 1))) & np.uint64(width - 1)).astype(np.int64)
+            for d in range(depth)]
+
+
+def ref_cm_add(table, keys, counts):
+    for d, col in enumerate(ref_cm_cols(keys, table.shape[1], table.shape[0])):
+        np.add.at(table[d], col, counts)
+
+
+def ref_cm_query(table, keys):
+    cols = ref_cm_cols(keys, table.shape[1], table.shape[0])
+    est = table[0][cols[0]].astype(np.int64)
+    for d in range(1, table.shape[0]):
+        est = np.minimum(est, table[d][cols[d]])
+    return est
+
+
+# --------------------------------------------------------------------- tests
+def test_stable_hash64_matches_blake2b_per_value():
+    vals = ["a", "", None, "Ünïcode", "x" * 300] + [f"id-{i}" for i in range(200)]
+    assert np.array_equal(stable_hash64(vals), ref_stable_hash64(vals))
+    assert stable_hash64([]).shape == (0,)
+
+
+@pytest.mark.parametrize("p", [4, 6, 10])
+def test_hll_add_and_estimate_match_numpy(p):
+    n_ent, n = 40, 5000
+    slots = rng.integers(0, n_ent, n)
+    # include zero words and words near powers of two (the float64 log2 edge)
+    hashes = mix64(rng.integers(0, 2 ** 62, n, dtype=np.int64).astype(np.uint64))
+    hashes[:20] = np.uint64(3)  # w == 0 -> rank bits + 1
+    hashes[20:40] = (np.uint64(1) << np.uint64(63)) | np.uint64(5)
+    hashes[40:60] = np.uint64(2 ** 64 - 1)
+    bank, other = HLLBank(p), HLLBank(p)
+    bank.resize(n_ent)
+    other.resize(n_ent)
+    reg = np.zeros((n_ent, 1 << p), np.uint8)
+    oreg = np.zeros((n_ent, 1 << p), np.uint8)
+    half = n // 2
+    bank.add(slots[:half], hashes[:half])
+    ref_hll_add(reg, p, slots[:half], hashes[:half])
+    other.add(slots[half:], hashes[half:])
+    ref_hll_add(oreg, p, slots[half:], hashes[half:])
+    assert np.array_equal(bank.reg_, reg) and np.array_equal(other.reg_, oreg)
+    q = np.r_[np.arange(n_ent), [3, 3, 0]]
+    np.testing.assert_allclose(bank.estimate(q), ref_hll_estimate(reg, None, q, bank._alpha), rtol=1e-12)
+    np.testing.assert_allclose(bank.estimate(q, other), ref_hll_estimate(reg, oreg, q, bank._alpha), rtol=1e-12)
+    # an empty entity estimates 0, small sets are near their size
+    bank.resize(n_ent + 1)
+    assert bank.estimate(np.array([n_ent]))[0] == 0.0
+
+
+def test_count_min_add_query_match_numpy_and_sparse_clear_is_full_clear():
+    width, depth = 1 << 10, 3
+    cm = CountMin(width, depth)
+    table = np.zeros((depth, width), np.int32)
+    for _ in range(5):
+        keys = rng.integers(0, 300, 400).astype(np.uint64)
+        counts = rng.integers(1, 4, 400).astype(np.int32)
+        cm.add(keys, counts)
+        ref_cm_add(table, keys, counts)
+    cm.add(np.array([7, 7], np.uint64))
+    ref_cm_add(table, np.array([7, 7], np.uint64), np.ones(2, np.int32))
+    assert np.array_equal(cm.table_, table)
+    q = rng.integers(0, 600, 1000).astype(np.uint64)
+    assert np.array_equal(cm.query(q), ref_cm_query(table, q))
+    assert cm.query(np.zeros(0, np.uint64)).shape == (0,)
+    # few keys: sparse clear; then many keys: full clear; both leave all zeros
+    cm.clear()
+    assert not cm.table_.any()
+    cm.add(rng.integers(0, 10 ** 9, width).astype(np.uint64))
+    assert cm._added is None
+    cm.clear()
+    assert not cm.table_.any() and cm._added == []
+    # a table set from a snapshot is cleared in full
+    cm.set_table(np.ones((depth, width), np.int32))
+    cm.add(np.array([1], np.uint64))
+    cm.clear()
+    assert not cm.table_.any()
+    with pytest.raises(ValueError, match="shape"):
+        cm.set_table(np.zeros((1, 4), np.int32))
+
+
+def test_rotating_count_min_counts_per_period_with_sparse_clears():
+    r = RotatingCountMin(1 << 12, 2, k=2)
+    truth: dict = {}
+    for period in range(1, 11):
+        keys = rng.integers(0, 50, 300).astype(np.uint64)
+        per = np.full(300, period)
+        per[:100] = period - 1  # late plays of the previous period
+        r.add(keys, per)
+        for k, p in zip(keys.tolist(), per.tolist()):
+            truth[(k, p)] = truth.get((k, p), 0) + 1
+        q = np.arange(50, dtype=np.uint64)
+        for p in (period - 1, period):
+            want = np.array([truth.get((k, p), 0) for k in range(50)])
+            got = r.query(q, np.full(50, p))
+            assert np.all(got >= want) and np.mean(got == want) > 0.95
+        assert np.all(r.query(q, np.full(50, period - 2)) == 0)
+    state = r.state_dict()
+    r2 = RotatingCountMin(1 << 12, 2, k=2)
+    r2.load_state_dict(state)
+    q = np.arange(50, dtype=np.uint64)
+    assert np.array_equal(r2.query(q, np.full(50, 10)), r.query(q, np.full(50, 10)))
+    r2.add(q, np.full(50, 12))  # claims period 10's bank: a full clear after a restore
+    assert np.all(r2.query(q, np.full(50, 12)) >= 1) and np.all(r2.query(q, np.full(50, 10)) == 0)
+
+
+def test_slot_table_lookup_allocates_like_pop_order_and_expires():
+    t = SlotTable({"n": ("f4", ())}, ttl_s=100)
+    s = t.lookup(["a", "b", "a", "c"])
+    assert s.tolist() == [0, 1, 0, 2]
+    assert np.array_equal(t.hash_[s], ref_stable_hash64(["a", "b", "a", "c"]))
+    ids = [f"x{i}" for i in range(200)]  # forces growth
+    s2 = t.lookup(ids + ["a"])
+    assert s2[-1] == 0 and len(set(s2[:-1].tolist())) == 200 and len(t) == 203
+    assert [t.ids_[k] for k in s2[:5].tolist()] == ids[:5]
+    t.touch(t.lookup(["a"]), np.array([1000.0]))
+    t.touch(t.lookup(ids + ["b", "c"]), np.full(202, 10.0))
+    assert t.expire(1050.0) == 202
+    assert sorted(t.last_expired_.tolist()) == sorted(s2[:-1].tolist() + [1, 2])
+    assert len(t) == 1 and t.live_.sum() == 1 and t.lookup(["a"]).tolist() == [0]
+    # freed slots are reused
+    assert t.lookup(["new"])[0] in set(t.last_expired_.tolist())
+    t2 = SlotTable({"n": ("f4", ())}, ttl_s=100)
+    t2.load_state_dict(t.state_dict())
+    assert np.array_equal(t2.live_, t.live_) and t2.lookup(["new", "a"]).tolist() == t.lookup(["new", "a"]).tolist()
+
+
+def test_combine_is_order_sensitive_and_deterministic():
+    a = np.arange(100, dtype=np.uint64)
+    b = a[::-1].copy()
+    assert np.array_equal(combine(a, b), combine(a, b))
+    assert np.mean(combine(a, b) != combine(b, a)) > 0.95
