@@ -108,6 +108,10 @@ from typing import Any, Mapping
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
+
 from detectors.base import Detector
 
 __all__ = ["SlidingWindowIForest"]
@@ -140,61 +144,25 @@ def _threshold_keys(t: np.ndarray) -> np.ndarray:
     return _keys_of_float32(r)
 
 
-@nb.njit(boundscheck=False)
-def _float32_keys(X, out):
-    # out[i, j] = key of float32(X[i, j]) (see _keys_of_float32), X float64 (n, d), out uint32 (n, d)
-    n, d = X.shape
-    buf = np.empty(d, np.float32)
-    bits = buf.view(np.uint32)
-    for i in range(n):
-        for j in range(d):
-            buf[j] = np.float32(X[i, j]) + np.float32(0.0)
-        for j in range(d):
-            b = bits[j]
-            out[i, j] = ~b if b >= _SIGN else b | _SIGN
+@intrinsic
+def _f32_bits(typingctx, x):
+    """The IEEE-754 bits of a float32 as a uint32 (an LLVM bitcast; compiles in ~0.1 s)."""
+    sig = types.uint32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
 
 
 @nb.njit(boundscheck=False)
-def _fill_heap(left, right, feature, thr_key, leafval, depth, nodes, leaves):
-    # One sklearn tree -> complete heap of the given depth: internal heap node h has
-    # children 2h+1 (x <= threshold) and 2h+2; nodes[h] = key(threshold) << 32 | feature.
-    # nodes must be prefilled with "always left" (key of +inf); a leaf above the full depth
-    # gives its value to every heap leaf below it.
-    n_int = nodes.shape[0]
-    stack = np.empty((left.shape[0] + 1, 3), np.int64)
-    stack[0, 0] = 0
-    stack[0, 1] = 0
-    stack[0, 2] = 0
-    top = 1
-    while top > 0:
-        top -= 1
-        node = stack[top, 0]
-        h = stack[top, 1]
-        k = stack[top, 2]
-        if left[node] == -1:
-            first = h
-            for _ in range(depth - k):
-                first = 2 * first + 1
-            for i in range(1 << (depth - k)):
-                leaves[first - n_int + i] = leafval[node]
-            continue
-        nodes[h] = (np.uint64(thr_key[node]) << np.uint64(32)) | np.uint64(feature[node])
-        stack[top, 0] = left[node]
-        stack[top, 1] = 2 * h + 1
-        stack[top, 2] = k + 1
-        stack[top + 1, 0] = right[node]
-        stack[top + 1, 1] = 2 * h + 2
-        stack[top + 1, 2] = k + 1
-        top += 2
-
-
-@nb.njit(boundscheck=False)
-def _path_sums(K, nodes, leaves, depth, out):
+def _path_sums(X, nodes, leaves, depth, out):
     # out[r] = sum over trees t, in order, of leaves[t, leaf reached by row r]: scikit-learn's
     # "depths" (path length + c(n_node_samples) - 1 per tree, added tree after tree).
-    # Rows go in blocks of 128; inside a block one tree is walked level by level for all
-    # rows (independent rows overlap in the CPU), two levels per pass.
-    n = K.shape[0]
+    # Rows go in blocks of 128: the block is turned into float32 keys (see _keys_of_float32),
+    # then each tree is walked level by level for all rows of the block (independent rows
+    # overlap in the CPU; the tree stays in L1), two levels per pass.
+    n, d = X.shape
     T = nodes.shape[0]
     n_int = np.uint64(nodes.shape[1])
     one = np.uint64(1)
@@ -202,12 +170,15 @@ def _path_sums(K, nodes, leaves, depth, out):
     sh = np.uint64(32)
     B = 128
     node = np.empty(B, np.uint64)
+    Kb = np.empty((B, d), np.uint32)
     for s in range(0, n, B):
         e = min(n, s + B)
         m = e - s
         for r in range(m):
             out[s + r] = 0.0
-        Kb = K[s:e]
+            for j in range(d):
+                b = _f32_bits(np.float32(X[s + r, j]) + np.float32(0.0))  # -0.0 -> +0.0
+                Kb[r, j] = ~b if b >= _SIGN else b | _SIGN
         for t in range(T):
             nd = nodes[t]
             lv = leaves[t]
@@ -236,20 +207,50 @@ def _path_sums(K, nodes, leaves, depth, out):
 
 
 def _heap_forest(forest) -> tuple[np.ndarray, np.ndarray, int]:
-    """Complete-heap copy of a fitted sklearn IsolationForest: nodes (T, 2^D - 1) uint64, leaves (T, 2^D) float64, D."""
-    depth = max(1, max(t.tree_.max_depth for t in forest.estimators_))
-    T = len(forest.estimators_)
-    always_left = np.uint64(_keys_of_float32(np.array([np.inf], np.float32))[0]) << np.uint64(32)
-    nodes = np.full((T, 2 ** depth - 1), always_left, dtype=np.uint64)
-    leaves = np.zeros((T, 2 ** depth))
-    for i, (tree, dpl, apl) in enumerate(zip(forest.estimators_, forest._decision_path_lengths,
-                                             forest._average_path_length_per_tree)):
-        tr = tree.tree_
-        leafval = dpl + apl - 1.0  # the per-node term scikit-learn adds, same operations
-        _fill_heap(tr.children_left, tr.children_right, tr.feature.astype(np.int64),
-                   _threshold_keys(tr.threshold), leafval, depth, nodes[i], leaves[i])
-    return nodes, leaves, depth
+    """Complete-heap copy of a fitted sklearn IsolationForest, all trees at once (numpy).
 
+    Returns nodes (T, 2^D - 1) uint64, leaves (T, 2^D) float64 and the depth D. Heap node
+    ``h`` has children ``2h+1`` (``x <= threshold``) and ``2h+2``; ``nodes[t, h]`` is
+    ``key(threshold) << 32 | feature``. A leaf at depth ``k < D`` becomes an always-left
+    chain (key of +inf) and gives its value to the ``2^(D-k)`` heap leaves below it.
+    """
+    trees = [t.tree_ for t in forest.estimators_]
+    T = len(trees)
+    D = max(1, max(tr.max_depth for tr in trees))
+    n_int = 2 ** D - 1
+    counts = np.array([tr.node_count for tr in trees])
+    off = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    tree_id = np.repeat(np.arange(T), counts)
+    left = np.concatenate([tr.children_left for tr in trees]).astype(np.int64)
+    right = np.concatenate([tr.children_right for tr in trees]).astype(np.int64)
+    internal = left != -1
+    left[internal] += off[tree_id[internal]]
+    right[internal] += off[tree_id[internal]]
+    # the per-node term scikit-learn adds (_compute_score_samples), same arrays and operations
+    leafval = np.concatenate([dpl + apl - 1.0 for dpl, apl in
+                              zip(forest._decision_path_lengths, forest._average_path_length_per_tree)])
+    heap = np.zeros(left.size, np.int64)
+    level = np.zeros(left.size, np.int64)
+    frontier = off
+    for k in range(D):
+        par = frontier[internal[frontier]]
+        heap[left[par]] = 2 * heap[par] + 1
+        heap[right[par]] = 2 * heap[par] + 2
+        level[left[par]] = level[right[par]] = k + 1
+        frontier = np.concatenate([left[par], right[par]])
+    always_left = np.uint64(_keys_of_float32(np.array([np.inf], np.float32))[0]) << np.uint64(32)
+    nodes = np.full((T, n_int), always_left, dtype=np.uint64)
+    i = np.flatnonzero(internal)
+    thr = np.concatenate([tr.threshold for tr in trees])[i]
+    feat = np.concatenate([tr.feature for tr in trees])[i]
+    nodes[tree_id[i], heap[i]] = (_threshold_keys(thr).astype(np.uint64) << np.uint64(32)) | feat.astype(np.uint64)
+    leaves = np.zeros((T, 2 ** D))
+    j = np.flatnonzero(~internal)
+    width = 2 ** (D - level[j])
+    first = (heap[j] + 1) * width - 1 - n_int  # leftmost heap leaf below the leaf
+    within = np.arange(width.sum()) - np.repeat(np.cumsum(width) - width, width)
+    leaves[np.repeat(tree_id[j], width), np.repeat(first, width) + within] = np.repeat(leafval[j], width)
+    return nodes, leaves, D
 
 class SlidingWindowIForest(Detector):
     """Isolation forest refit every ``refit_every`` events on a sliding window; see the module docstring.
@@ -354,10 +355,8 @@ class SlidingWindowIForest(Detector):
 
     def _score(self, X: np.ndarray) -> np.ndarray:
         nodes, leaves, depth = self._forest
-        K = np.empty(X.shape, dtype=np.uint32)
-        _float32_keys(X, K)
         depths = np.zeros(X.shape[0])
-        _path_sums(K, nodes, leaves, depth, depths)
+        _path_sums(X, nodes, leaves, depth, depths)
         den = self._denominator  # the rest is scikit-learn's _compute_score_samples, operation for operation
         return 2 ** (-np.divide(depths, den, out=np.ones_like(depths), where=den != 0))
 

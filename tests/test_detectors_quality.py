@@ -141,7 +141,7 @@ def test_sliding_forest_is_bit_exact_on_threshold_values(engine):
 
 def test_float32_keys_order_like_the_floats():
     """The kernel compares uint32 keys; their order must be the float order (ties: -0.0 == +0.0)."""
-    from detectors.iforest_window import _float32_keys, _keys_of_float32, _threshold_keys
+    from detectors.iforest_window import _keys_of_float32, _path_sums, _threshold_keys
 
     f32 = np.finfo(np.float32)
     v = np.array([-np.inf, -f32.max, -1.5, -f32.tiny, -1e-45, -0.0, 0.0, 1e-45, f32.tiny, 1.0, f32.max, np.inf],
@@ -149,13 +149,19 @@ def test_float32_keys_order_like_the_floats():
     v = np.concatenate([v, np.random.default_rng(0).normal(size=200).astype(np.float32)])
     k = _keys_of_float32(v).astype(np.int64)
     assert np.array_equal(k[:, None] <= k[None, :], v[:, None] <= v[None, :])
-    out = np.empty((1, v.size), np.uint32)
-    _float32_keys(v.astype(np.float64)[None, :], out)  # the scoring path's conversion
-    assert np.array_equal(out[0], _keys_of_float32(v))
     t = np.array([0.1, -0.1, 1e-50, -1e-50, 1e39, -1e39, 0.0, -0.0, np.inf, 2.0 ** -149, 3.0])
     # x <= t for float32 x  <=>  key(x) <= threshold key
     kt = _threshold_keys(t).astype(np.int64)
     assert np.array_equal(k[:, None] <= kt[None, :], v.astype(np.float64)[:, None] <= t[None, :])
+    # the scoring kernel's own conversion of float64 rows: one stump per threshold, leaf values 0 / 1
+    nodes = (_threshold_keys(t).astype(np.uint64) << np.uint64(32))[:, None]  # feature 0
+    leaves = np.zeros((t.size, 2))
+    for i in range(t.size):
+        leaves[i, 1] = 2.0 ** i  # goes right (x > t) in tree i
+    out = np.empty(v.size)
+    _path_sums(v.astype(np.float64)[:, None], nodes, leaves, 1, out)
+    want = ((v.astype(np.float64)[:, None] > t[None, :]) * 2.0 ** np.arange(t.size)).sum(axis=1)
+    assert np.array_equal(out, want)
 
 
 def test_sliding_forest_default_windows_tile_the_stream():
