@@ -15,6 +15,7 @@ core and acks only after alerts and snapshots are produced.
 
 from __future__ import annotations
 
+import gc
 import logging
 import tempfile
 import time
@@ -61,6 +62,20 @@ class PlayGuardApp(faust.App):
 
     drivers: list = []
     fetch_max_wait_ms: int = 50
+    gc_freeze: bool = True
+
+    async def on_start(self) -> None:
+        """Before consuming: with ``Settings.gc_freeze``, collect once and
+        move every object alive now (imports, numba kernels compiled by
+        :func:`stream.pipeline.warm_up`: ~300k objects) to the collector's
+        permanent generation (``gc.freeze``, Python >= 3.7). A full
+        collection of them took 0.2-0.6 s and blocked the event loop, every
+        ~20 s under load; objects created later are collected as usual."""
+        await super().on_start()
+        if self.gc_freeze:
+            gc.collect()
+            gc.freeze()
+            log.info("gc.freeze: %d objects frozen", gc.get_freeze_count())
 
     def _new_transport(self):
         """Faust's aiokafka transport, with the consumer fetch wait of the settings."""
@@ -130,6 +145,7 @@ def create_app(
     )
     app.drivers = []
     app.fetch_max_wait_ms = s.consumer_fetch_max_wait_ms
+    app.gc_freeze = s.gc_freeze
     trace = LatencyTrace(s.trace_path) if s.trace_path else None
     t = s.topics
     plays = app.topic(t.plays, value_type=bytes, key_type=bytes, partitions=s.partitions)

@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     #: (RELIABILITY.md, "Soak"). A real Kafka broker answers as soon as data
     #: arrives, so a short wait only costs a few more idle fetches.
     consumer_fetch_max_wait_ms: int = 50
+    #: Freeze the objects alive when the worker starts (modules, compiled
+    #: detector kernels: about 300k objects) out of the cyclic garbage
+    #: collector's reach (``gc.freeze``), so full collections stop scanning
+    #: them; they blocked the event loop for 0.2-0.6 s about every 20 s.
+    gc_freeze: bool = True
     #: Optional JSONL file of per-batch, per-snapshot and per-alert timings
     #: (latency diagnosis; ``bench/soak.py --trace``). None: no trace.
     trace_path: Path | None = None

@@ -41,6 +41,7 @@ from being counted twice in state.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import threading
@@ -127,6 +128,8 @@ class LatencyTrace:
       "send_s", "bytes", "lock_s"}``: one partition snapshot.
     * ``{"ev": "stall", "s"}``: the event loop did not run for ``s`` seconds
       (written by :func:`watch_event_loop`).
+    * ``{"ev": "gc", "gen", "s", "collected"}``: a garbage collection of
+      generation 2 or one longer than 20 ms (``gc.callbacks``).
 
     Thread-safe (one lock around each write).
 
@@ -137,6 +140,16 @@ class LatencyTrace:
     def __init__(self, path: Path):
         self._fh = open(path, "a", buffering=1)
         self._lock = threading.Lock()
+        self._gc_t0 = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+            return
+        dt = time.perf_counter() - self._gc_t0
+        if info.get("generation") == 2 or dt >= 0.02:
+            self.write("gc", gen=info.get("generation"), s=round(dt, 4), collected=info.get("collected"))
 
     def write(self, ev: str, **fields) -> None:
         """Append one row of kind ``ev``."""
@@ -269,8 +282,8 @@ class StageDriver:
             self.trace.write(
                 "batch", stage=self.stage, n=len(events), parts={p: len(v) for p, v in by_part.items()},
                 lock_wait_s=round(t_locked - t_entry, 4),
-                age_oldest_s=round(t_entry - min(ts) / 1000.0, 4) if ts else None,
-                age_newest_s=round(t_entry - max(ts) / 1000.0, 4) if ts else None,
+                age_oldest_s=round(t_entry - min(ts), 4) if ts else None,
+                age_newest_s=round(t_entry - max(ts), 4) if ts else None,
                 process_s=round(process_s, 4), produce_s=round(t_produced - t_sent, 4),
                 snapshot_s=round(snap_s, 4), handle_s=round(time.time() - t_entry, 4),
                 alerts=sum(len(d[2].alerts) for d in done), lag=lag)
