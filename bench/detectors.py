@@ -137,6 +137,11 @@ def _heap(make, X: np.ndarray, batch: int) -> int:
     return cur
 
 
+def _size(n: float) -> str:
+    """Bytes as KiB, or MiB from 10 MiB on (fits the 11-character table cells)."""
+    return f"{n / 1024:>7,.1f} KiB" if n < 10 * 2 ** 20 else f"{n / 2 ** 20:>7,.1f} MiB"
+
+
 def _dict_rows(X: np.ndarray) -> list[dict]:
     names = [f"x{j}" for j in range(X.shape[1])]
     return [dict(zip(names, r)) for r in X.tolist()]
@@ -257,9 +262,9 @@ def main() -> None:
         else:
             rate, wall, size = _time_detector(make, data, a.batch, a.repeats)
             heap = _heap(make, data, a.batch)
-        ent = f"{heap / 1024:,.1f} KiB" if name in per_entity else "0"
+        ent = _size(heap).strip() if name in per_entity else "0"
         print(f"| {name:32} | {rate:>12,.0f} | {wall:>13,.0f} | {rate / ref:>8.1f}x {refname:>14} "
-              f"| {heap / 1024:>7,.1f} KiB | {size / 1024:>7,.1f} KiB | {ent:>10} |")
+              f"| {_size(heap)} | {_size(size)} | {ent:>10} |")
 
     cal = QuantileCalibrator()
     sc = np.random.default_rng(0).standard_exponential(a.events)

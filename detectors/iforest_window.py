@@ -59,14 +59,16 @@ Fast exact scoring
 Parameters
     window_size: observations in the sliding window (default 200,000).
     refit_every: observations between refits (default 200,000). One
-        scikit-learn fit of 100 trees costs about 0.13 to 0.2 s of CPU on one
-        core here whatever the window (per-tree Python overhead in
-        scikit-learn; 0.13 s up to a window of 25,600 rows, where it samples
-        by permutation, about 0.2 s above, where it draws the 256 indices one
-        by one), i.e. ``fit / refit_every`` per event: 1 us at the default,
-        about as much as scoring. Refitting every 200k events keeps the
-        detector above 10x river's per-event loop; at 1,000 events/s that is
-        a new forest every 3.3 minutes.
+        scikit-learn fit of 100 trees costs 0.13 to 0.25 s of CPU on one core
+        here whatever the window (per-tree Python overhead in scikit-learn:
+        about 0.13 s up to a 25,600-row window, where it samples by
+        permutation, up to 0.25 s for 200k rows, where it draws each tree's
+        256 indices one by one), i.e. ``fit / refit_every`` per event: about
+        1.2 us at the default, on top of about 0.6 us of scoring. Refitting
+        every 200k events keeps the detector above 10x river's per-event loop
+        (``bench/detectors.py``); at 1,000 events/s that is a new forest every
+        3.3 minutes. ``window_size=refit_every=10_000`` would need 1.2 MiB but
+        spend ~15 us per event on fits.
     warmup: observations before the first fit (default 256).
     n_estimators: trees per forest (default 100, Liu et al.).
     max_samples: sub-sample size per tree (default 256, Liu et al.).
