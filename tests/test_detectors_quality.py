@@ -179,6 +179,18 @@ def test_sliding_forest_default_windows_tile_the_stream():
         assert np.array_equal(W, X[300 * k:300 * (k + 1)].astype(np.float32))
 
 
+def test_sliding_forest_on_a_constant_window_matches_the_engine():
+    """Single-leaf trees (nothing to split) become always-left heaps with the root's value."""
+    from sklearn.ensemble import IsolationForest
+
+    det = SlidingWindowIForest(window_size=300, refit_every=300, warmup=300, n_estimators=20, seed=2)
+    det.learn_many(np.ones((300, 3)))
+    Y = np.vstack([np.ones((2, 3)), np.random.default_rng(0).normal(size=(20, 3)), np.full((1, 3), 1e300)])
+    ref = IsolationForest(n_estimators=20, max_samples=256, random_state=2, n_jobs=1).fit(np.ones((300, 3)))
+    assert np.array_equal(det.score_many(Y[:-1]), -ref.score_samples(Y[:-1]))
+    assert det.score_many(Y[-1:])[0] == det.score_many(Y[:1])[0]  # beyond float32: still the root's leaf
+
+
 def test_sliding_forest_refuses_values_beyond_float32():
     det = SlidingWindowIForest(window_size=50, refit_every=50, warmup=20, n_estimators=5)
     det.learn_many(np.zeros((10, 2)))
