@@ -55,12 +55,22 @@ def measure_and_check(x: np.ndarray, sr: int, codec: str | None, th=signal_check
         DecodeError: when a sample is NaN or infinite (found by the analysis
             pass, so the decoder need not scan for them).
     """
-    n, c = x.shape
-    dur = n / sr
-    ps = loudness.analysis_pass(x, sr, copy_channels=True)
+    return measure_from_pass(loudness.analysis_pass(x, sr, copy_channels=True), sr, codec, th)
+
+
+def measure_from_pass(ps: loudness.PassResult, sr: int, codec: str | None,
+                      th=signal_checks.DEFAULT_THRESHOLDS) -> tuple[dict, list[dict]]:
+    """:func:`measure_and_check` from a finished analysis pass (with
+    ``channels``), e.g. one fed by the decoder (:class:`loudness.AnalysisPass`).
+
+    Raises:
+        DecodeError: when a sample is NaN or infinite.
+    """
     if not ps.finite:
         raise DecodeError("decoded samples contain NaN or infinity")
     ch = ps.channels
+    c, n = ch.shape
+    dur = n / sr
     csum, bounds = ps.csum, ps.bounds
     lres = loudness.measure_loudness_from_power(csum, bounds)
     tp = np.array([loudness.true_peak_channel(ch[i], sr) for i in range(c)])
@@ -129,8 +139,9 @@ def analyze_path(path: Path, *, memory_budget_bytes: int, ffmpeg_timeout_s: floa
     for f in findings:
         sev = Severity.error if f.code == "truncated" else Severity.critical
         out["defects"].append(_defect(f.code, sev, f.detail))
+    sink = loudness.AnalysisPass(copy_channels=True)
     try:
-        dec = decode(path, memory_budget_bytes, ffmpeg_timeout_s, check_finite=False)
+        dec = decode(path, memory_budget_bytes, ffmpeg_timeout_s, check_finite=False, sink=sink)
     except ResourceLimit as exc:
         out["finished"] = False
         out["defects"].append(_defect("decode_error", Severity.critical, f"sandbox limit: {exc}"))
@@ -142,16 +153,18 @@ def analyze_path(path: Path, *, memory_budget_bytes: int, ffmpeg_timeout_s: floa
     except Exception as exc:  # noqa: BLE001
         out["defects"].append(_defect("decode_error", Severity.critical, f"{type(exc).__name__}: {str(exc)[:300]}"))
         return out
+    ps = sink.result()
+    del sink
     out.update(decoder=dec.decoder, codec=dec.codec, duration_s=round(dec.duration_s, 3),
                sample_rate_hz=dec.sample_rate, channels=dec.channels)
-    if dec.declared_frames and dec.declared_frames > dec.samples.shape[0] * 1.01 + dec.sample_rate * 0.1:
+    if dec.declared_frames and dec.declared_frames > dec.n_frames * 1.01 + dec.sample_rate * 0.1:
         if not any(d["code"] == "truncated" for d in out["defects"]):
             out["defects"].append(_defect(
                 "truncated", Severity.error,
                 f"header declares {dec.declared_frames / dec.sample_rate:.2f} s, "
                 f"{dec.duration_s:.2f} s decoded", round(dec.duration_s, 3), None))
     try:
-        meas, defects = measure_and_check(dec.samples, dec.sample_rate, dec.codec)
+        meas, defects = measure_from_pass(ps, dec.sample_rate, dec.codec)
     except DecodeError as exc:
         out["defects"].append(_defect("decode_error", Severity.critical, str(exc)))
         return out

@@ -19,6 +19,7 @@ import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import soundfile as sf
@@ -64,28 +65,56 @@ class Decoded:
     """Decoded audio.
 
     Attributes:
-        samples: float32, shape (n_samples, n_channels), full scale 1.0.
+        samples: float32, shape (n_samples, n_channels), full scale 1.0; None
+            when the samples went to a ``sink`` (see :func:`decode`).
         sample_rate: Hz.
         decoder: ``libsndfile`` or ``ffmpeg``.
         codec: codec name (``vorbis``, ``opus``, ``flac``, ``pcm_s16``...).
         declared_frames: frame count the container declared (None if unknown).
+        n_frames: samples per channel decoded.
+        n_channels: channel count.
     """
 
-    samples: np.ndarray
+    samples: np.ndarray | None
     sample_rate: int
     decoder: str
     codec: str | None
     declared_frames: int | None
+    n_frames: int = -1
+    n_channels: int = -1
+
+    def __post_init__(self) -> None:
+        if self.samples is not None:
+            self.n_frames, self.n_channels = (int(v) for v in self.samples.shape)
 
     @property
     def channels(self) -> int:
         """Channel count."""
-        return int(self.samples.shape[1])
+        return self.n_channels
 
     @property
     def duration_s(self) -> float:
         """Duration of the decoded audio, seconds."""
-        return self.samples.shape[0] / self.sample_rate
+        return self.n_frames / self.sample_rate
+
+
+class Sink(Protocol):
+    """Receives decoded audio chunk by chunk (e.g.
+    :class:`audio_qc.loudness.AnalysisPass`)."""
+
+    def start(self, n_channels: int, sample_rate: float, capacity: int) -> None:
+        """Called once before the first chunk; ``capacity`` is the declared
+        number of samples per channel (a hint)."""
+
+    def update(self, chunk: np.ndarray) -> None:
+        """Consecutive samples, float32 shape (m, n_channels); the buffer is
+        reused after the call returns."""
+
+
+#: Frames per chunk when decoding into a sink (1 MiB of stereo float32: the
+#: buffer stays in cache between the decoder and the sink; libsndfile's FLAC
+#: reader is slower with much smaller reads).
+CHUNK_FRAMES = 131072
 
 
 def _plausible(frames: int, rate: int, channels: int, file_bytes: int, budget_bytes: int) -> None:
@@ -111,7 +140,8 @@ def _plausible(frames: int, rate: int, channels: int, file_bytes: int, budget_by
         )
 
 
-def decode(path: Path, budget_bytes: int, ffmpeg_timeout_s: float = 60.0, check_finite: bool = True) -> Decoded:
+def decode(path: Path, budget_bytes: int, ffmpeg_timeout_s: float = 60.0, check_finite: bool = True,
+           sink: Sink | None = None) -> Decoded:
     """Decode a file to float32, libsndfile first, ffmpeg otherwise.
 
     Args:
@@ -120,7 +150,10 @@ def decode(path: Path, budget_bytes: int, ffmpeg_timeout_s: float = 60.0, check_
         ffmpeg_timeout_s: wall-clock limit of the ffmpeg fallback, seconds.
         check_finite: reject NaN/infinite samples here (a full pass over the
             audio). :func:`audio_qc.analyze.analyze_path` passes False: its
-            single analysis pass detects them from the float64 sums.
+            analysis pass detects them from the float64 sums.
+        sink: when given, the samples are handed to ``sink`` in chunks of
+            :data:`CHUNK_FRAMES` (libsndfile) or at once (ffmpeg) instead of
+            being returned (``Decoded.samples`` is then None).
 
     Returns:
         :class:`Decoded` with at least one sample.
@@ -136,23 +169,51 @@ def decode(path: Path, budget_bytes: int, ffmpeg_timeout_s: float = 60.0, check_
     except Exception:  # libsndfile refuses it: try ffmpeg  # noqa: BLE001
         info = None
     if info is not None and info.frames > 0:
-        _plausible(int(info.frames), int(info.samplerate), int(info.channels), file_bytes, budget_bytes)
+        frames, rate, channels = int(info.frames), int(info.samplerate), int(info.channels)
+        _plausible(frames, rate, channels, file_bytes, budget_bytes)
+        codec = _SF_CODEC.get(info.subtype, info.subtype.lower())
         try:
-            x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+            if sink is None:
+                x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+                got = x.shape[0]
+            else:
+                got = _read_into(path, sink, frames, rate, channels, budget_bytes)
         except MemoryError as exc:
             raise ResourceLimit("out of memory while decoding") from exc
+        except ResourceLimit:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise DecodeError(f"libsndfile: {exc}") from exc
-        if x.shape[0] == 0:
+        if got == 0:
             raise DecodeError("no audio samples decoded")
+        if sink is not None:
+            return Decoded(None, rate, "libsndfile", codec, frames, got, channels)
         if check_finite and not np.isfinite(x).all():
             raise DecodeError("decoded samples contain NaN or infinity")
-        return Decoded(x, int(sr), "libsndfile", _SF_CODEC.get(info.subtype, info.subtype.lower()), int(info.frames))
-    return _decode_ffmpeg(path, file_bytes, budget_bytes, ffmpeg_timeout_s, check_finite)
+        return Decoded(x, int(sr), "libsndfile", codec, frames)
+    return _decode_ffmpeg(path, file_bytes, budget_bytes, ffmpeg_timeout_s, check_finite, sink)
+
+
+def _read_into(path: Path, sink: Sink, frames: int, rate: int, channels: int, budget_bytes: int) -> int:
+    """Decode with libsndfile in chunks into ``sink``; returns the frames read."""
+    buf = np.empty((CHUNK_FRAMES, channels), dtype=np.float32)
+    total = 0
+    with sf.SoundFile(str(path)) as f:
+        sink.start(channels, rate, frames)
+        while True:
+            got = f.read(CHUNK_FRAMES, dtype="float32", always_2d=True, out=buf)
+            m = got.shape[0]
+            if m == 0:
+                break
+            total += m
+            if total * channels * 4 > budget_bytes:
+                raise ResourceLimit(f"decoded audio exceeds the sandbox budget of {budget_bytes / 2**20:.0f} MiB")
+            sink.update(got)
+    return total
 
 
 def _decode_ffmpeg(path: Path, file_bytes: int, budget_bytes: int, timeout_s: float,
-                   check_finite: bool = True) -> Decoded:
+                   check_finite: bool = True, sink: Sink | None = None) -> Decoded:
     try:
         probe = subprocess.run(
             ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_streams", "-of", "json", str(path)],
@@ -195,6 +256,12 @@ def _decode_ffmpeg(path: Path, file_bytes: int, budget_bytes: int, timeout_s: fl
     if usable == 0:
         raise DecodeError("ffmpeg decoded no samples")
     x = np.frombuffer(raw[:usable], dtype="<f4").reshape(-1, channels).astype(np.float32)
+    del raw, proc
+    declared = int(dur * rate) if dur else None
+    if sink is not None:
+        sink.start(channels, rate, len(x))
+        sink.update(x)
+        return Decoded(None, rate, "ffmpeg", st.get("codec_name"), declared, len(x), channels)
     if check_finite and not np.isfinite(x).all():
         raise DecodeError("decoded samples contain NaN or infinity")
-    return Decoded(x, rate, "ffmpeg", st.get("codec_name"), int(dur * rate) if dur else None)
+    return Decoded(x, rate, "ffmpeg", st.get("codec_name"), declared)

@@ -164,34 +164,37 @@ def _window_power(csum: np.ndarray, bounds: np.ndarray, width: int, step: int) -
 
 
 @nb.njit(nogil=True, fastmath={"contract"})
-def _channel_pass(x, out, sos, gain, bounds, energy, other, stats):  # pragma: no cover - compiled
-    """One channel: K-weighting, weighted energy per sub-block, statistics.
+def _channel_pass(x, out, off, sos, gain, bounds, energy, other, st):  # pragma: no cover - compiled
+    """One channel of one chunk: K-weighting, weighted energy per sub-block,
+    statistics; resumable across chunks through ``st``.
 
-    x: (n,) float32 (any stride); out: (n,) float32 channel-major copy of x,
-    or size 0 for none; sos: (2, 6) float64; gain: channel weight G_i;
-    bounds: (n_sub + 1,) int64; energy: (n_sub,) float64, ``gain * sum(y^2)``
-    is added; other: (n,) float32 channel to correlate with (size 0: none);
-    stats: (5,) float64 out: max, min, sum, sum of squares, sum of x*other.
+    x: (m,) float32 chunk (any stride) holding samples off .. off + m - 1;
+    out: full-length float32 row receiving the copy at [off, off + m), or size
+    0 for none; sos: (2, 6) float64; gain: channel weight G_i; bounds: int64
+    sub-block boundaries (global sample indices); energy: float64 per
+    sub-block, ``gain * sum(y^2)`` is added when a sub-block completes;
+    other: (m,) float32 chunk of the channel to correlate with (size 0: none);
+    st: (13,) float64 state: filter memories x1 x2 y1 y2 z1 z2, the open
+    sub-block's sum, its index, max, min, sum, sum of squares, sum of x*other.
     Two biquads in direct form I, float64, so each output depends on the
     previous one through a single multiply-add.
     """
-    n = x.shape[0]
+    m = x.shape[0]
     b0, b1, b2, a1, a2 = sos[0, 0], sos[0, 1], sos[0, 2], sos[0, 4], sos[0, 5]
     d0, d1, d2, e1, e2 = sos[1, 0], sos[1, 1], sos[1, 2], sos[1, 4], sos[1, 5]
-    x1 = x2 = y1 = y2 = z1 = z2 = 0.0
-    mx = -np.inf
-    mn = np.inf
-    s = ss = sx = 0.0
-    copy = out.shape[0] == n
-    cross = other.shape[0] == n
+    x1, x2, y1, y2, z1, z2 = st[0], st[1], st[2], st[3], st[4], st[5]
+    acc = st[6]
+    k = np.int64(st[7])
+    mx, mn, s, ss, sx = st[8], st[9], st[10], st[11], st[12]
+    copy = out.shape[0] > 0
+    cross = other.shape[0] == m
     n_sub = bounds.shape[0] - 1
-    k = 0
-    nxt = bounds[1] if n_sub > 0 else n + 1
-    acc = 0.0
-    for i in range(n):
+    never = np.int64(1) << 62
+    nxt = bounds[k + 1] - off if k < n_sub else never  # chunk-relative end of the open sub-block
+    for i in range(m):
         xi = x[i]
         if copy:
-            out[i] = xi
+            out[off + i] = xi
         v = np.float64(xi)
         y = (b0 * v + b1 * x1 + b2 * x2 - a2 * y2) - a1 * y1
         z = (d0 * y + d1 * y1 + d2 * y2 - e2 * z2) - e1 * z1
@@ -206,18 +209,17 @@ def _channel_pass(x, out, sos, gain, bounds, energy, other, stats):  # pragma: n
             energy[k] += gain * acc
             acc = 0.0
             k += 1
-            nxt = bounds[k + 1] if k < n_sub else n + 1
+            nxt = bounds[k + 1] - off if k < n_sub else never
         mx = max(mx, v)
         mn = min(mn, v)
         s += v
         ss += v * v
         if cross:
             sx += v * np.float64(other[i])
-    stats[0] = mx
-    stats[1] = mn
-    stats[2] = s
-    stats[3] = ss
-    stats[4] = sx
+    st[0], st[1], st[2], st[3], st[4], st[5] = x1, x2, y1, y2, z1, z2
+    st[6] = acc
+    st[7] = np.float64(k)
+    st[8], st[9], st[10], st[11], st[12] = mx, mn, s, ss, sx
 
 
 def _bounds(n: int, sample_rate: float) -> np.ndarray:
@@ -251,6 +253,106 @@ class PassResult:
     finite: bool
 
 
+class AnalysisPass:
+    """:func:`analysis_pass` fed chunk by chunk (e.g. straight from a decoder).
+
+    The decoder's small interleaved buffer is read while it is still in
+    cache and copied into the channel-major array the signal checks use, so
+    the whole interleaved file never exists in memory.
+
+    Args:
+        copy_channels: keep the channel-major float32 copy (``PassResult.channels``).
+
+    Example:
+        >>> import numpy as np
+        >>> p = AnalysisPass()
+        >>> p.start(2, 48000, 96000)
+        >>> x = np.full((96000, 2), 0.5, dtype=np.float32)
+        >>> p.update(x[:1000]); p.update(x[1000:])
+        >>> r = p.result()
+        >>> r.channels.shape, float(r.peak[0]), r.finite
+        ((2, 96000), 0.5, True)
+    """
+
+    def __init__(self, copy_channels: bool = True) -> None:
+        self.copy_channels = copy_channels
+        self.n_ = 0
+        self.channels_: np.ndarray | None = None
+
+    def start(self, n_channels: int, sample_rate: float, capacity: int) -> None:
+        """Prepare for ``n_channels`` at ``sample_rate`` Hz, with room for
+        ``capacity`` samples per channel (grown if more arrive).
+
+        Raises:
+            ValueError: for a non-positive sample rate or channel count.
+        """
+        if n_channels < 1:
+            raise ValueError(f"n_channels must be >= 1, got {n_channels}")
+        self.sample_rate_ = float(sample_rate)
+        self.sos_ = k_weighting_sos(sample_rate)
+        self.weights_ = channel_weights(n_channels)
+        self.n_ = 0
+        self.state_ = np.zeros((n_channels, 13))
+        self.state_[:, 8] = -np.inf
+        self.state_[:, 9] = np.inf
+        self._alloc(max(int(capacity), 0))
+
+    def _alloc(self, capacity: int) -> None:
+        c = len(self.weights_)
+        bounds = _bounds(capacity, self.sample_rate_)
+        energy = np.zeros(max(len(bounds) - 1, 0))
+        if self.n_:
+            energy[: len(self.energy_)] = self.energy_
+        self.bounds_, self.energy_ = bounds, energy
+        if self.copy_channels:
+            out = np.empty((c, capacity), dtype=np.float32)
+            if self.n_:
+                out[:, : self.n_] = self.channels_[:, : self.n_]
+            self.channels_ = out
+        self.capacity_ = capacity
+
+    def update(self, chunk: np.ndarray) -> None:
+        """Add consecutive samples, shape (m, n_channels), float32 (others
+        are converted); the chunk may be a reused buffer."""
+        if chunk.ndim != 2 or chunk.shape[1] != len(self.weights_):
+            raise ValueError(f"chunk must have shape (m, {len(self.weights_)}), got {chunk.shape}")
+        if chunk.dtype != np.float32:
+            chunk = chunk.astype(np.float32)
+        m = chunk.shape[0]
+        if self.n_ + m > self.capacity_:
+            self._alloc(max(self.n_ + m, int(self.capacity_ * 1.25)))
+        empty = np.zeros(0, dtype=np.float32)
+        for i in range(chunk.shape[1]):
+            dst = self.channels_[i] if self.copy_channels else empty
+            other = chunk[:, 0] if i == 1 else empty
+            _channel_pass(chunk[:, i], dst, self.n_, self.sos_, float(self.weights_[i]), self.bounds_,
+                          self.energy_, other, self.state_[i])
+        self.n_ += m
+
+    def result(self) -> PassResult:
+        """The :class:`PassResult` of every sample given so far."""
+        n, st = self.n_, self.state_
+        c = st.shape[0]
+        bounds = _bounds(n, self.sample_rate_)
+        energy = self.energy_[: len(bounds) - 1]
+        finite = bool(np.isfinite(st[:, 10]).all() and np.isfinite(st[:, 11]).all())
+        csum = np.concatenate(([0.0], np.cumsum(np.maximum(energy, 0.0))))
+        peak = np.maximum(st[:, 8], -st[:, 9]) if n else np.zeros(c)
+        dc = st[:, 10] / n if n else np.zeros(c)
+        corr = None
+        if c >= 2 and n and finite:
+            lm, rm = dc[0], dc[1]
+            sll = st[0, 11] - n * lm * lm
+            srr = st[1, 11] - n * rm * rm
+            slr = st[1, 12] - n * lm * rm
+            if sll > 0 and srr > 0:
+                corr = max(-1.0, min(1.0, float(slr / math.sqrt(sll * srr))))
+        out = None
+        if self.copy_channels:
+            out = self.channels_ if n == self.capacity_ else np.ascontiguousarray(self.channels_[:, :n])
+        return PassResult(csum, bounds, out, peak, dc, corr, finite)
+
+
 def analysis_pass(x: np.ndarray, sample_rate: float, channel_major: bool = False,
                   copy_channels: bool = False) -> PassResult:
     """K-weighted sub-block energies, sample peak, DC and L/R correlation in
@@ -267,7 +369,8 @@ def analysis_pass(x: np.ndarray, sample_rate: float, channel_major: bool = False
 
     Returns:
         :class:`PassResult`. The K-weighting runs in float64 (two biquads,
-        BS.1770-4 Annex 1); sums are float64.
+        BS.1770-4 Annex 1); sums are float64. See :class:`AnalysisPass` for
+        the same pass fed chunk by chunk.
 
     Raises:
         ValueError: if ``sample_rate`` is not positive or ``x`` is not 2-D.
@@ -276,34 +379,11 @@ def analysis_pass(x: np.ndarray, sample_rate: float, channel_major: bool = False
     """
     if x.ndim != 2:
         raise ValueError(f"x must be 2-D, got shape {x.shape}")
-    if x.dtype != np.float32:
-        x = x.astype(np.float32)
-    ch = x if channel_major else x.T
-    c, n = ch.shape
-    sos = k_weighting_sos(sample_rate)
-    bounds = _bounds(n, sample_rate)
-    w = channel_weights(c)
-    energy = np.zeros(max(len(bounds) - 1, 0))
-    out = np.empty((c, n), dtype=np.float32) if copy_channels else None
-    stats = np.zeros((c, 5))
-    empty = np.zeros(0, dtype=np.float32)
-    for i in range(c):
-        dst = out[i] if out is not None else empty
-        other = (out[0] if out is not None else ch[0]) if (i == 1) else empty
-        _channel_pass(ch[i], dst, sos, float(w[i]), bounds, energy, other, stats[i])
-    finite = bool(np.isfinite(stats[:, 2]).all() and np.isfinite(stats[:, 3]).all())
-    csum = np.concatenate(([0.0], np.cumsum(np.maximum(energy, 0.0))))
-    peak = np.maximum(stats[:, 0], -stats[:, 1]) if n else np.zeros(c)
-    dc = stats[:, 2] / n if n else np.zeros(c)
-    corr = None
-    if c >= 2 and n and finite:
-        lm, rm = dc[0], dc[1]
-        sll = stats[0, 3] - n * lm * lm
-        srr = stats[1, 3] - n * rm * rm
-        slr = stats[1, 4] - n * lm * rm
-        if sll > 0 and srr > 0:
-            corr = max(-1.0, min(1.0, float(slr / math.sqrt(sll * srr))))
-    return PassResult(csum, bounds, out, peak, dc, corr, finite)
+    frames = x.T if channel_major else x
+    p = AnalysisPass(copy_channels=copy_channels)
+    p.start(frames.shape[1], sample_rate, frames.shape[0])
+    p.update(frames)
+    return p.result()
 
 
 def subblock_power(x: np.ndarray, sample_rate: float, channel_major: bool = False) -> tuple[np.ndarray, np.ndarray]:

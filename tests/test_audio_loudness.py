@@ -322,3 +322,48 @@ def test_flac_walk_clean_flipped_truncated(flac_bytes):
     bad_si[18:21] = b"\x00\x00\x00"  # sample rate 0 in STREAMINFO
     assert [f.code for f in check_flac(bytes(bad_si))] == ["decode_error"]
     assert [f.code for f in check_flac(b"fLaC" + bytes(4))] == ["decode_error"]
+
+
+def test_analysis_pass_in_chunks_equals_one_pass():
+    from audio_qc.loudness import AnalysisPass, analysis_pass
+
+    rng = np.random.default_rng(6)
+    x = (0.2 * rng.standard_normal((44100 * 3 + 17, 2))).astype(np.float32)
+    whole = analysis_pass(x, 44100, copy_channels=True)
+    p = AnalysisPass()
+    p.start(2, 44100, 1000)  # capacity too small on purpose: the buffers grow
+    pos = 0
+    for m in (1, 440, 441, 5000, 77777):
+        p.update(x[pos : pos + m])
+        pos += m
+    p.update(x[pos:])
+    parts = p.result()
+    np.testing.assert_array_equal(parts.channels, whole.channels)
+    np.testing.assert_array_equal(parts.csum, whole.csum)
+    np.testing.assert_array_equal(parts.bounds, whole.bounds)
+    np.testing.assert_array_equal(parts.peak, whole.peak)
+    assert parts.lr_correlation == whole.lr_correlation
+
+
+def test_decode_into_sink_equals_whole_decode(tmp_path):
+    import soundfile as sf
+
+    from audio_qc import decode as dec_mod
+    from audio_qc.loudness import AnalysisPass
+
+    rng = np.random.default_rng(7)
+    x = (0.2 * rng.standard_normal((30000, 2))).astype(np.float32)
+    p = tmp_path / "a.flac"
+    sf.write(str(p), x, 44100, format="FLAC", subtype="PCM_24")
+    whole = dec_mod.decode(p, 2**30)
+    old = dec_mod.CHUNK_FRAMES
+    try:
+        dec_mod.CHUNK_FRAMES = 4096  # several chunks and a partial last one
+        sink = AnalysisPass()
+        streamed = dec_mod.decode(p, 2**30, sink=sink)
+    finally:
+        dec_mod.CHUNK_FRAMES = old
+    assert streamed.samples is None and streamed.n_frames == 30000 and streamed.channels == 2
+    np.testing.assert_array_equal(sink.result().channels, whole.samples.T)
+    with pytest.raises(dec_mod.ResourceLimit):
+        dec_mod.decode(p, 100_000, sink=AnalysisPass())
