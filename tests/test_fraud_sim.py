@@ -80,6 +80,19 @@ def test_same_seed_same_stream(background):
     assert a.batch.event_id == b.batch.event_id and np.array_equal(a.is_fraud, b.is_fraud)
 
 
+def test_background_grows_to_hold_the_fraud_share(background):
+    from stream.fraud.simulate import simulate
+
+    kw = dict(n_accounts=20, scenarios=["boost"], levels=("L1",), seed=9)
+    fixed = simulate(background, grow_background=False, **kw)
+    grown = simulate(background, fraud_share=0.03, **kw)
+    # 20 boost bots outweigh a 20-account background; growing adds benign clones only
+    assert fixed.is_fraud.mean() > 0.03
+    assert 0.02 < grown.is_fraud.mean() <= 0.03
+    assert grown.is_fraud.sum() == fixed.is_fraud.sum()
+    assert len(set(grown.batch.account_id)) > len(set(fixed.batch.account_id))
+
+
 def test_bad_arguments_raise(background):
     from stream.fraud.simulate import simulate
 

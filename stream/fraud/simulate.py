@@ -126,7 +126,7 @@ def _cols(batch: PlayBatch, idx: np.ndarray) -> dict:
 
 def simulate(background: PlayBatch, *, n_accounts: int = 1000, fraud_share: float = 0.03,
              scenarios: list[str] | None = None, levels=("L0", "L1", "L2"), seed: int = 0,
-             hard_negatives: bool = True) -> Labelled:
+             hard_negatives: bool = True, grow_background: bool = True) -> Labelled:
     """Inject labelled fraud and hard negatives into a real background.
 
     Args:
@@ -138,6 +138,10 @@ def simulate(background: PlayBatch, *, n_accounts: int = 1000, fraud_share: floa
         levels: camouflage levels.
         seed: random seed (same inputs and seed give the same output).
         hard_negatives: add the synthetic hard negatives.
+        grow_background: add benign clones beyond ``n_accounts`` until fraud
+            events are at most ``fraud_share`` of all events (scenario bot
+            minimums and 6-h minimum durations otherwise push the share above
+            it); ``False`` keeps ``n_accounts`` and lets the share exceed it.
 
     Returns:
         :class:`Labelled`, sorted by event time.
@@ -197,13 +201,13 @@ def simulate(background: PlayBatch, *, n_accounts: int = 1000, fraud_share: floa
     for a, idx in by_acc.items():
         add_rows(a, _cols(background, idx), labels_real.get(a, ""), ext_style[a], [background.event_id[i] for i in idx])
     n_clones = max(0, n_accounts - len(real_accounts))
-    clone_src = rng.choice(real_accounts, n_clones)
     clones = []
     # clones of one user get distinct offsets on a 23-min grid within +-3 h, so
     # routine listeners' clones never share (track, 10-min bucket) cells
     grid = np.r_[np.arange(-7, 0), np.arange(1, 8)] * 23 * 60.0
     offsets = {a: list(rng.permutation(grid)) for a in real_accounts}
-    for src in clone_src.tolist():
+
+    def add_clone(src: str) -> int:
         idx = by_acc[src]
         keep = idx[rng.random(len(idx)) > rng.uniform(0.1, 0.3)]
         c = _cols(background, keep)
@@ -220,6 +224,10 @@ def simulate(background: PlayBatch, *, n_accounts: int = 1000, fraud_share: floa
         new = rand_account(rng)
         clones.append(new)
         add_rows(new, c, "", ext_style[src])
+        return len(keep)
+
+    for src in rng.choice(real_accounts, n_clones).tolist():
+        add_clone(src)
     benign_plain = [a for a in real_accounts if a not in labels_real] + clones
     # ---- hard negatives
     prof = []
@@ -274,6 +282,16 @@ def simulate(background: PlayBatch, *, n_accounts: int = 1000, fraud_share: floa
                 bg_plays[v] = {"ts": allts[acc_arr == v], "country": ident_of(v)["country"]}
         pl = generate(s, lv, ctx, a0, a1, k, background_accounts=victims, background_plays=bg_plays)
         injected.append((pl, f"{s}:{lv}", True))
+    # ---- grow the benign background until fraud is ``fraud_share`` of events:
+    # scenario intensities (bots, durations) are set from the requested
+    # background above; bot minimums make the fraud larger than the budget, so
+    # more benign clones (never hijack victims or hard negatives) are added.
+    n_fraud = sum(len(p[0].ts) for p in injected if p[2])
+    n_benign = sum(len(x) for x in rows["ts"]) + sum(len(p[0].ts) for p in injected if not p[2])
+    need = fraud_share / (1 - fraud_share)
+    if grow_background and n_fraud > need * n_benign:
+        while n_fraud > need * n_benign:
+            n_benign += add_clone(str(rng.choice(real_accounts)))
     # ---- assemble: benign rows get network identities; injected carry theirs
     acc_arr = np.asarray(rows["account"], dtype=object)
     ts_all = np.concatenate(rows["ts"]) if rows["ts"] else np.zeros(0)
