@@ -17,11 +17,13 @@ from stream.fraud.sketches import (
     CountMin,
     HLLBank,
     RotatingCountMin,
+    bitmap_set,
     combine,
+    linear_count,
     mix64,
     stable_hash64,
 )
-from stream.fraud.slots import SlotTable
+from stream.fraud.slots import SlotTable, scatter_add, scatter_add2, scatter_max, scatter_max2, scatter_min
 
 rng = np.random.default_rng(11)
 
@@ -192,3 +194,46 @@ def test_combine_is_order_sensitive_and_deterministic():
     b = a[::-1].copy()
     assert np.array_equal(combine(a, b), combine(a, b))
     assert np.mean(combine(a, b) != combine(b, a)) > 0.95
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64, np.int32])
+def test_scatter_kernels_match_ufunc_at(dtype):
+    m, n = 17, 3000
+    idx = rng.integers(0, m, n)
+    vals = (rng.normal(size=n) * 1000).astype(dtype)
+    base = (rng.normal(size=m) * 500).astype(dtype)
+    for kernel, ufunc in ((scatter_max, np.maximum), (scatter_min, np.minimum)):
+        got, want = base.copy(), base.copy()
+        kernel(got, idx, vals)
+        ufunc.at(want, idx, vals)
+        assert np.array_equal(got, want)
+    got, want = base.copy(), base.copy()
+    scatter_add(got, idx, 1)
+    np.add.at(want, idx, 1)
+    assert np.array_equal(got, want)
+    rows, cols = rng.integers(0, m, n), rng.integers(0, 24, n)
+    base2 = (rng.normal(size=(m, 24)) * 100).astype(dtype)
+    got, want = base2.copy(), base2.copy()
+    scatter_add2(got, rows, cols, 1.0)
+    np.add.at(want, (rows, cols), 1.0)
+    assert np.array_equal(got, want)
+    got, want = base2.copy(), base2.copy()
+    scatter_max2(got, rows, cols, vals)
+    np.maximum.at(want, (rows, cols), vals)
+    assert np.array_equal(got, want)
+
+
+def test_bitmap_set_matches_bitwise_or_at_and_feeds_linear_count():
+    m, w, n = 9, 4, 2000
+    rows = rng.integers(0, m, n)
+    pos = rng.integers(0, 64 * w, n)
+    got = np.zeros((m, w), np.uint64)
+    bitmap_set(got, rows, pos)
+    want = np.zeros((m, w), np.uint64)
+    np.bitwise_or.at(want, (rows, pos >> 6), np.left_shift(np.uint64(1), (pos & 63).astype(np.uint64)))
+    assert np.array_equal(got, want)
+    distinct = np.array([len(set(pos[rows == r].tolist())) for r in range(m)])
+    ones = np.array([sum(bin(int(x)).count("1") for x in got[r]) for r in range(m)])
+    assert np.array_equal(ones, distinct)
+    est = linear_count(got)
+    assert np.all(est >= ones) and np.all(np.isfinite(est))

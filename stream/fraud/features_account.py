@@ -47,12 +47,13 @@ HyperLogLog counts about 1/N of an IP's accounts (CONVENTIONS.md): the
 from __future__ import annotations
 
 import zlib
+from itertools import repeat
 
 import numpy as np
 
 from stream.batch import PlayBatch
-from stream.fraud.sketches import HLLBank, linear_count, mix64
-from stream.fraud.slots import SlotTable
+from stream.fraud.sketches import HLLBank, bitmap_set, linear_count, mix64
+from stream.fraud.slots import SlotTable, scatter_add, scatter_add2, scatter_max, scatter_max2, scatter_min
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -95,21 +96,22 @@ def _crc(values, cache: dict | None = None) -> np.ndarray:
     ``cache`` (str -> hash) avoids re-hashing the same ids batch after batch;
     it is emptied when it passes 200,000 entries.
     """
+    n = len(values)
     if cache is None:
-        return np.fromiter((zlib.crc32(v.encode()) | 1 if v else 0 for v in values), np.uint32, len(values))
-    out = list(map(cache.get, values))
-    if None in out:
+        return np.fromiter((zlib.crc32(v.encode()) | 1 if v else 0 for v in values), np.uint32, n)
+    out = np.fromiter(map(cache.get, values, repeat(-1, n)), np.int64, n)
+    miss = np.flatnonzero(out < 0)
+    if len(miss):
         if len(cache) > 200_000:
             cache.clear()
         cache[None] = 0
         cache[""] = 0
-        for j, v in enumerate(values):
-            if out[j] is None:
-                h = cache.get(v)
-                if h is None:
-                    h = cache[v] = zlib.crc32(v.encode()) | 1
-                out[j] = h
-    return np.asarray(out, np.uint32)
+        crc = zlib.crc32
+        vals = [values[j] for j in miss.tolist()]
+        h = [crc(v.encode()) | 1 if v else 0 for v in vals]
+        cache.update(zip(vals, h))
+        out[miss] = h
+    return out.astype(np.uint32)
 
 
 def _decay(table: SlotTable, slots: np.ndarray, ref: np.ndarray, names, tau: float) -> None:
@@ -178,11 +180,11 @@ class AccountFeatures:
         new_acc = c["first_seen"][slots] == 0
         # first_seen: min ts of the account in this batch when new
         fs = np.full(len(slots), np.inf)
-        np.minimum.at(fs, inv, ts)
+        scatter_min(fs, inv, ts)
         c["first_seen"][slots] = np.where(new_acc, fs, c["first_seen"][slots])
         # ---- decay to a per-account reference time
         tmax = np.full(len(slots), -np.inf)
-        np.maximum.at(tmax, inv, ts)
+        scatter_max(tmax, inv, ts)
         ref = np.maximum(c["t_ref"][slots], tmax)
         _decay(A, slots, ref, ("n1",), TAU_SHORT)
         _decay(A, slots, ref, ("n12", "k3040", "kshort", "comp_n", "comp_s", "gap_n", "gap_s1", "gap_s2",
@@ -211,12 +213,11 @@ class AccountFeatures:
         # ---- hour of day
         hour_idx = (ts // HOUR).astype(np.int64)
         hod = hour_idx % 24
-        np.add.at(c["hour_hist"], (a, hod), 1.0)
-        np.maximum.at(c["hour_seen"], (a, hod), hour_idx.astype(np.int32))
+        scatter_add2(c["hour_hist"], a, hod, 1.0)
+        scatter_max2(c["hour_seen"], a, hod, hour_idx.astype(np.int32))
         # ---- distinct tracks today (linear-counting bitmap of 256 bits)
         day = (ts // DAY).astype(np.int32)
-        dmax = np.full(m, -1, np.int64)
-        np.maximum.at(dmax, inv, day)
+        dmax = (tmax // DAY).astype(np.int64)  # newest day of each account (floor is monotone)
         roll = dmax > c["day"][slots]
         rs = slots[roll]
         c["day"][rs] = dmax[roll]
@@ -226,16 +227,15 @@ class AccountFeatures:
         c["day_devbits"][rs] = 0
         c["day_ctrybits"][rs] = 0
         today = day == c["day"][a]
-        np.add.at(c["day_plays"], a[today], 1)
-        bit = (mix64(trk.astype(np.uint64)) & np.uint64(255)).astype(np.int64)
-        np.bitwise_or.at(c["day_bits"], (a[today], bit[today] >> 6),
-                         np.left_shift(np.uint64(1), (bit[today] & 63).astype(np.uint64)))
         at = a[today]
+        scatter_add(c["day_plays"], at, 1)
+        bit = (mix64(trk.astype(np.uint64)) & np.uint64(255)).astype(np.int64)
+        bitmap_set(c["day_bits"], at, bit[today])
         for name, h in (("day_ipbits", ipc), ("day_devbits", dev), ("day_ctrybits", ctry)):
             hb = h[today]
             has = hb != 0
-            np.bitwise_or.at(c[name], (at[has], np.zeros(int(has.sum()), np.int64)),
-                             np.left_shift(np.uint64(1), (mix64(hb[has].astype(np.uint64)) & np.uint64(63))))
+            if has.any():
+                bitmap_set(c[name], at[has], (mix64(hb[has].astype(np.uint64)) & np.uint64(63)).astype(np.int64))
         # ---- sequences: gaps, overlaps, travel (sorted by account, ts)
         prev_ts = np.empty(n)
         prev_end = np.empty(n)
@@ -313,9 +313,9 @@ class AccountFeatures:
         X[:, 15] = c["ovl"][slots]
         X[:, 16] = c["travel"][slots]
         ipmax = np.zeros(m)
-        np.maximum.at(ipmax, inv, ip_acc_ev)
+        scatter_max(ipmax, inv, ip_acc_ev)
         devmax = np.zeros(m)
-        np.maximum.at(devmax, inv, dev_acc_ev)
+        scatter_max(devmax, inv, dev_acc_ev)
         X[:, 17] = ipmax
         X[:, 18] = devmax
         X[:, 19] = linear_count(c["day_ipbits"][slots])
@@ -363,7 +363,7 @@ class AccountFeatures:
         d = day[idx]
         us, uinv = np.unique(s, return_inverse=True)
         dmax = np.full(len(us), -1, np.int64)
-        np.maximum.at(dmax, uinv, d)
+        scatter_max(dmax, uinv, d)
         cd = table.cols_["day"]
         roll = dmax > cd[us]
         for par in (0, 1):
@@ -371,7 +371,7 @@ class AccountFeatures:
             # yesterday); a gap of 2+ days clears yesterday's bank too
             hll[par].clear(us[roll & ((dmax % 2 == par) | (cd[us] < dmax - 1))])
         cd[us[roll]] = dmax[roll]
-        np.add.at(table.cols_["plays"], s, 1.0)
+        scatter_add(table.cols_["plays"], s, 1.0)
         ah = self.accounts.hash_[a[idx]]
         for par in (0, 1):
             sel = d % 2 == par

@@ -44,7 +44,7 @@ from scipy.stats import poisson
 from stream.batch import UNKNOWN_IDS, PlayBatch
 from stream.fraud.evidence import binom_llr
 from stream.fraud.sketches import HLLBank, RotatingCountMin, combine
-from stream.fraud.slots import SlotTable
+from stream.fraud.slots import SlotTable, scatter_add, scatter_max, scatter_min
 
 DAY = 86400.0
 TAU_DAY = 12 * 3600.0
@@ -67,20 +67,26 @@ class _EntityState:
         self.table = SlotTable(_ENT_COLS, ttl_s)
         self.hll = [HLLBank(hll_p), HLLBank(hll_p)]
 
-    def update(self, ids: list[str], ts, day, acc_hash, pair_count, pair_batch_count, heavy_limit, is3040):
-        """Fold plays in; returns (slots, listeners today+yesterday, heavy today)."""
+    def update(self, ids: list[str] | None, ts, day, acc_hash, pair_count, pair_batch_count, heavy_limit, is3040,
+               slots: np.ndarray | None = None):
+        """Fold plays in; returns (slots, listeners today+yesterday, heavy today).
+
+        ``slots`` (int64 (n,)), when given, are the plays' entity slots already
+        looked up (``ids`` is then not read)."""
         t = self.table
-        s = t.lookup(ids)
+        s = t.lookup(ids) if slots is None else slots
         t.touch(s, ts)
         for b in self.hll:
             b.resize(t.capacity)
         c = t.cols_
         us, uinv = np.unique(s, return_inverse=True)
-        dmax = np.full(len(us), -1, np.int64)
-        np.maximum.at(dmax, uinv, day)
+        # newest time and day, oldest time of each entity in the batch
+        tmax = np.full(len(us), -np.inf)
+        scatter_max(tmax, uinv, ts)
+        dmax = (tmax // DAY).astype(np.int64)  # floor is monotone: the newest day
         new = c["first_seen"][us] == 0
         fs = np.full(len(us), np.inf)
-        np.minimum.at(fs, uinv, ts)
+        scatter_min(fs, uinv, ts)
         c["first_seen"][us] = np.where(new, fs, c["first_seen"][us])
         roll = dmax > c["day"][us]
         for par in (0, 1):
@@ -89,8 +95,6 @@ class _EntityState:
         c["heavy"][us[roll]] = 0
         c["day"][us[roll]] = dmax[roll]
         # decayed volume and 30-40 s share
-        tmax = np.full(len(us), -np.inf)
-        np.maximum.at(tmax, uinv, ts)
         ref = np.maximum(c["t_ref"][us], tmax)
         dt = ref - c["t_ref"][us]
         fw = np.exp(-dt / TAU_WEEK).astype(np.float32)
@@ -103,7 +107,7 @@ class _EntityState:
         c["n1"][us] = c["n1"][us] * fh + np.bincount(uinv, np.exp(-age / TAU_HOUR), len(us)).astype(np.float32)
         c["k3040"][us] = c["k3040"][us] * fd + np.bincount(uinv, np.exp(-age / TAU_DAY) * is3040, len(us)).astype(np.float32)
         today = day == c["day"][s]
-        np.add.at(c["plays_day"], s[today], 1)
+        scatter_add(c["plays_day"], s[today], 1)
         for par in (0, 1):
             sel = day % 2 == par
             self.hll[par].add(s[sel], acc_hash[sel])
@@ -113,7 +117,7 @@ class _EntityState:
             # one crossing per unique pair: pair_batch_count counts the pair's plays in the batch
             keys = combine(acc_hash[cross], self.table.hash_[s[cross]])
             _, first_idx = np.unique(keys, return_index=True)
-            np.add.at(c["heavy"], s[cross][first_idx], 1)
+            scatter_add(c["heavy"], s[cross][first_idx], 1)
         listeners = self.hll[0].estimate(us, self.hll[1])[uinv]
         heavy = c["heavy"][s].astype(np.float64)
         return s, np.maximum(listeners, heavy), heavy
@@ -192,8 +196,8 @@ class CatalogFeatures:
         pa = self.pair_artist.query(ka, day)
         _, kinv, kcnt = np.unique(kt, return_inverse=True, return_counts=True)
         _, ainv, acnt = np.unique(ka, return_inverse=True, return_counts=True)
-        s_t, lt, ht = self.tracks.update(tr_ids, ts, day, ah, pt, kcnt[kinv], self.heavy_track, is3040)
-        s_a, la, ha = self.artists.update(ar_ids, ts, day, ah, pa, acnt[ainv], self.heavy_artist, is3040)
+        s_t, lt, ht = self.tracks.update(None, ts, day, ah, pt, kcnt[kinv], self.heavy_track, is3040, ts_slots)
+        s_a, la, ha = self.artists.update(None, ts, day, ah, pa, acnt[ainv], self.heavy_artist, is3040, ar_slots)
         # lockstep co-plays: distinct accounts per (track, bucket) cell, judged
         # against the track's own recent rate (Poisson tail)
         bucket = (ts // self.bucket_s).astype(np.int64)
@@ -226,7 +230,7 @@ class CatalogFeatures:
         c = self.accounts.cols_
         ua, uinv = np.unique(acc, return_inverse=True)
         tmax = np.full(len(ua), -np.inf)
-        np.maximum.at(tmax, uinv, ts)
+        scatter_max(tmax, uinv, ts)
         ref = np.maximum(c["t_ref"][ua], tmax)
         f = np.exp(-(ref - c["t_ref"][ua]) / TAU_DAY).astype(np.float32)
         c["t_ref"][ua] = ref

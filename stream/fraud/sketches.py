@@ -291,6 +291,22 @@ class CountMin:
         self._added = None
 
 
+@nb.njit
+def bitmap_set(bits, rows, pos):
+    """Set bit ``pos[i]`` of bitmap row ``rows[i]`` in place, for every i.
+
+    Args:
+        bits: uint64 (m, w): one bitmap of ``64 * w`` bits per row.
+        rows: int (n,) rows.
+        pos: int or uint (n,) bit positions in ``[0, 64 * w)``.
+
+    Same as ``np.bitwise_or.at(bits, (rows, pos >> 6), 1 << (pos & 63))``.
+    """
+    for i in range(len(rows)):
+        p = np.int64(pos[i])
+        bits[rows[i], p >> 6] |= np.uint64(1) << np.uint64(p & 63)
+
+
 def linear_count(bits: np.ndarray) -> np.ndarray:
     """Distinct-count estimates from bitmaps.
 

@@ -5,15 +5,63 @@ columns indexed by a slot number; :class:`SlotTable` maps ids to slots, grows
 the columns by doubling, and frees slots whose entity has been inactive for
 ``ttl_s`` seconds of event time (their rows are zeroed and reused). Memory is
 O(1) per active entity: the columns plus one dict entry and the id string.
+
+The scatter kernels (:func:`scatter_max`, :func:`scatter_min`,
+:func:`scatter_add`, :func:`scatter_add2`, :func:`scatter_max2`) fold a
+batch's values into those columns in place; they compute what
+``np.maximum.at`` / ``np.minimum.at`` / ``np.add.at`` compute, with compiled
+loops (numba) instead of numpy's slow unbuffered ``ufunc.at``.
 """
 
 from __future__ import annotations
 
 from itertools import repeat
 
+import numba as nb
 import numpy as np
 
 from stream.fraud.sketches import stable_hash64
+
+
+@nb.njit
+def scatter_max(out, idx, vals):
+    """``out[idx[i]] = max(out[idx[i]], vals[i])`` for every i, in place
+    (``np.maximum.at(out, idx, vals)``; out (m,), idx int (n,), vals (n,))."""
+    for i in range(len(idx)):
+        j = idx[i]
+        if vals[i] > out[j]:
+            out[j] = vals[i]
+
+
+@nb.njit
+def scatter_min(out, idx, vals):
+    """``np.minimum.at(out, idx, vals)`` in place (shapes as :func:`scatter_max`)."""
+    for i in range(len(idx)):
+        j = idx[i]
+        if vals[i] < out[j]:
+            out[j] = vals[i]
+
+
+@nb.njit
+def scatter_add(out, idx, val):
+    """``np.add.at(out, idx, val)`` in place with a scalar ``val`` (events in order)."""
+    for i in range(len(idx)):
+        out[idx[i]] += val
+
+
+@nb.njit
+def scatter_add2(out, rows, cols, val):
+    """``np.add.at(out, (rows, cols), val)`` in place, scalar ``val``; out (m, k)."""
+    for i in range(len(rows)):
+        out[rows[i], cols[i]] += val
+
+
+@nb.njit
+def scatter_max2(out, rows, cols, vals):
+    """``np.maximum.at(out, (rows, cols), vals)`` in place; out (m, k), vals (n,)."""
+    for i in range(len(rows)):
+        if vals[i] > out[rows[i], cols[i]]:
+            out[rows[i], cols[i]] = vals[i]
 
 
 class SlotTable:
@@ -99,7 +147,7 @@ class SlotTable:
 
     def touch(self, slots: np.ndarray, ts: np.ndarray) -> None:
         """Record activity: ``last_seen_[slot] = max(last_seen_, ts)``."""
-        np.maximum.at(self.last_seen_, slots, ts)
+        scatter_max(self.last_seen_, np.asarray(slots, np.int64), np.asarray(ts, np.float64))
 
     def expire(self, now: float) -> int:
         """Drop entities inactive since ``now - ttl_s``; returns how many
