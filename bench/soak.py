@@ -74,6 +74,12 @@ def rss_mb(pid: int) -> float:
     raise ValueError(f"no VmRSS for pid {pid}")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def histogram(text: str, name: str, **labels) -> dict[float, float]:
     """Cumulative bucket counts ``{le: count}`` of histogram ``name`` in a scrape."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -340,8 +346,13 @@ def main(argv=None) -> int:
         t_warm = t_start + a.warmup * a.minutes * 60
         t_warm_unix = time.time() + a.warmup * a.minutes * 60
         h_warm = None
+        pids = {"worker": w.proc.pid, "soak": os.getpid()}
+        if broker is not None and broker.proc is not None:
+            pids["broker"] = broker.proc.pid
+        cpu0 = {k: cpu_s(v) for k, v in pids.items()}
+        cpu_prev, t_prev = dict(cpu0), time.monotonic()
         print(f"{'t_s':>6} {'sent':>10} {'consumed':>10} {'lag':>8} {'lag_fwd':>8} {'rss_MiB':>8} {'alerts':>8} "
-              f"{'load1':>6}", flush=True)
+              f"{'load1':>6} {'cpu_w':>6} {'cpu_b':>6} {'cpu_p':>6}", flush=True)
         while time.monotonic() - t_start < a.minutes * 60:
             time.sleep(a.every)
             if prod.error:
@@ -355,13 +366,18 @@ def main(argv=None) -> int:
                    "lag_fwd": metric(text, "playguard_consumer_lag_records", topic=s.topics.plays_by_artist),
                    "rss": rss_mb(w.proc.pid), "alerts": metric(text, "playguard_alerts_total"),
                    "load1": os.getloadavg()[0]}
+            cpu_now, t_now = {k: cpu_s(v) for k, v in pids.items()}, time.monotonic()
+            for k in pids:  # CPU share of one core over the sample: worker, broker, producer (soak)
+                row[f"cpu_{k}"] = (cpu_now[k] - cpu_prev[k]) / (t_now - t_prev)
+            cpu_prev, t_prev = cpu_now, t_now
             if h_warm is None and time.monotonic() >= t_warm:
                 h_warm = histogram(text, LATENCY, kind="play_fraud")
                 row["warm"] = True
             samples.append(row)
             print(f"{row['t']:6.0f} {row['sent']:10,.0f} {row['consumed']:10,.0f} {row['lag']:8,.0f} "
                   f"{row['lag_fwd']:8,.0f} "
-                  f"{row['rss']:8.1f} {row['alerts']:8,.0f} {row['load1']:6.2f}", flush=True)
+                  f"{row['rss']:8.1f} {row['alerts']:8,.0f} {row['load1']:6.2f} {row['cpu_worker']:6.2f} "
+                  f"{row.get('cpu_broker', 0.0):6.2f} {row['cpu_soak']:6.2f}", flush=True)
         h1 = histogram(w.scrape(), LATENCY, kind="play_fraud")
         dur = samples[-1]["t"]
         warm_rows = [r for r in samples if r["t"] >= a.warmup * a.minutes * 60] or samples
@@ -381,10 +397,17 @@ def main(argv=None) -> int:
             lag_end=samples[-1]["lag"], lag_fwd_mean=float(np.mean([r["lag_fwd"] for r in warm_rows])),
             lag_fwd_max=max(r["lag_fwd"] for r in samples), loadavg_end=os.getloadavg(), samples=samples,
         )
+        cpu_end = {k: cpu_s(v) for k, v in pids.items()}
+        consumed = samples[-1]["consumed"]
+        out["worker_cpu_share"] = (cpu_end["worker"] - cpu0["worker"]) / dur
+        out["worker_cpu_us_per_play"] = 1e6 * (cpu_end["worker"] - cpu0["worker"]) / max(1.0, consumed)
+        out["broker_cpu_share"] = (cpu_end["broker"] - cpu0["broker"]) / dur if "broker" in pids else None
+        out["producer_cpu_share"] = (cpu_end["soak"] - cpu0["soak"]) / dur
         print("\nsummary")
         for k in ("max_rate", "max_rate_drain_only", "target_rate", "achieved_rate", "rss_after_warmup_mib", "rss_end_mib", "rss_max_mib",
                   "rss_growth_after_warmup", "latency_alerts", "latency_p50_s", "latency_p99_s",
-                  "latency_p99_whole_soak_s", "lag_mean", "lag_max", "lag_end", "lag_fwd_mean", "lag_fwd_max", "loadavg_start", "loadavg_end"):
+                  "latency_p99_whole_soak_s", "lag_mean", "lag_max", "lag_end", "lag_fwd_mean", "lag_fwd_max", "worker_cpu_share",
+                  "worker_cpu_us_per_play", "broker_cpu_share", "producer_cpu_share", "loadavg_start", "loadavg_end"):
             v = out.get(k)
             print(f"  {k:28s} {v:,.3f}" if isinstance(v, float) else f"  {k:28s} {v}")
         if a.trace and trace.exists():

@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     #: records waited up to 1.5 s before the worker saw them
     #: (RELIABILITY.md, "Soak"). A real Kafka broker answers as soon as data
     #: arrives, so a short wait only costs a few more idle fetches.
-    consumer_fetch_max_wait_ms: int = 50
+    consumer_fetch_max_wait_ms: int = Field(50, ge=1)
     #: Freeze the objects alive when the worker starts (modules, compiled
     #: detector kernels: about 300k objects) out of the cyclic garbage
     #: collector's reach (``gc.freeze``), so full collections stop scanning

@@ -1,0 +1,216 @@
+"""Latency fixes of issue 13 ("Load"), without a broker.
+
+* the worker's consumer is built with ``Settings.consumer_fetch_max_wait_ms``
+  (Faust hard-codes 1500 ms; the embedded broker parks a fetch for all of it);
+* snapshots are staggered (one due partition per batch, most overdue first,
+  interval stretched to 20x the partition's last snapshot cost), encoded in a
+  worker thread, and ack exactly the events they cover, after the alerts of
+  those events are produced;
+* the latency trace writes batch, alert, snapshot and GC rows.
+
+The end-to-end figures come from ``bench/soak.py --trace`` (RELIABILITY.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import threading
+import time
+
+import pytest
+
+from stream.config import Settings
+from stream.driver import LatencyTrace, StageDriver
+from stream.metrics import Metrics
+from stream.runtime import StageOutput
+from stream.schemas import Alert
+
+
+class _Msg:
+    def __init__(self, partition: int, offset: int, log: list):
+        self.topic, self.partition, self.offset = "plays", partition, offset
+        self.key, self.value, self.timestamp = b"k", b"v", time.time() - 0.25
+        self.refs = 1
+        self._log = log
+
+    def incref(self):
+        self.refs += 1
+
+
+class _Event:
+    def __init__(self, partition: int, offset: int, log: list):
+        self.message = _Msg(partition, offset, log)
+        self.acked = False
+
+    def ack(self):
+        self.acked = True
+        self.message._log.append(("ack", self.message.partition, self.message.offset))
+
+
+class _Topic:
+    """Fake Faust topic: records every send in ``log``; delivery futures resolve at once."""
+
+    def __init__(self, name: str, log: list):
+        self.name, self.log = name, log
+
+    async def send(self, key=None, value=None, partition=None, timestamp=None, headers=None, force=False):
+        self.log.append(("send", self.name, key))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+class _Model:
+    def entity_counts(self):
+        return {"account": 1}
+
+
+class _Runtime:
+    """Fake PartitionRuntime: one alert per batch; records the thread of state_dict()."""
+
+    def __init__(self, p: int, alerts: bool):
+        self.partition, self.next_offset, self.alerts = p, 0, alerts
+        self.model = _Model()
+        self.state_threads: list[str] = []
+
+    def process(self, recs):
+        self.next_offset = recs[-1].offset + 1
+        out = StageOutput(valid=len(recs))
+        if self.alerts:
+            a = Alert.model_validate(_alert_json(self.partition, self.next_offset))
+            a._source_record_ts = time.time() - 0.5
+            out.alerts = [a]
+        return out
+
+    def state_dict(self):
+        self.state_threads.append(threading.current_thread().name)
+        return {"next": self.next_offset}
+
+
+def _alert_json(p: int, off: int) -> dict:
+    return {
+        "alert_id": f"{p:02d}{off:030d}", "kind": "play_fraud", "detector": "rule_track_day",
+        "entity_type": "account", "entity_id": f"acc-{p}", "severity": "warning", "score": 1.0,
+        "window_start": "2026-01-01T00:00:00Z", "window_end": "2026-01-02T00:00:00Z",
+    }
+
+
+def _driver(tmp_path, log, interval=5.0, alerts=True, trace=True):
+    s = Settings(snapshot_interval_s=interval)
+    topics = {n: _Topic(n, log) for n in ("alerts", "deadletter", "changelog", "forward")}
+    rts = {}
+
+    def make(p):
+        rts[p] = _Runtime(p, alerts)
+        return rts[p]
+
+    d = StageDriver("account", make, s, Metrics(), topics, "plays",
+                    trace=LatencyTrace(tmp_path / "trace.jsonl") if trace else None)
+
+    async def restore(parts):  # no broker: fresh runtimes
+        for p in parts:
+            d.runtimes[p] = make(p)
+
+    d._restore = restore
+    return d, rts
+
+
+def _events(parts_offsets, log):
+    return [_Event(p, o, log) for p, offs in parts_offsets.items() for o in offs]
+
+
+def test_worker_consumer_uses_the_configured_fetch_wait():
+    from stream.app import create_app
+
+    s = Settings(consumer_fetch_max_wait_ms=37, bootstrap_servers="127.0.0.1:1")
+    app = create_app(s, Metrics(), models="rules", audio=False)
+
+    async def build():
+        thread = app.consumer._new_consumer_thread()
+        consumer = thread._create_worker_consumer(app.transport)
+        try:
+            return consumer._fetch_max_wait_ms
+        finally:
+            await consumer.stop()  # never started: only releases its client
+
+    assert asyncio.run(build()) == 37  # Faust's own value is 1500
+
+
+def test_snapshots_are_staggered_threaded_and_ack_only_what_they_cover(tmp_path):
+    log: list = []
+    d, rts = _driver(tmp_path, log, interval=5.0)
+
+    async def scenario():
+        ev1 = _events({0: [0, 1], 1: [0], 2: [0, 1, 2]}, log)
+        d._started = time.monotonic()  # nothing due yet
+        await d.handle(ev1)
+        assert not any(e.acked for e in ev1), "acked before any snapshot"
+        assert all(e.message.refs == 2 for e in ev1), "driver holds its own reference"
+        # partition 2 most overdue, then 0; 1 not yet due; 3 has nothing pending
+        now = time.monotonic()
+        d.last_snapshot.update({0: now - 6.0, 1: now - 1.0, 2: now - 9.0})
+        assert d.due_partitions() == [2, 0]
+        # a partition whose snapshot cost 0.5 s waits 20 x 0.5 = 10 s
+        d.snapshot_cost_s[2] = 0.5
+        assert d.due_partitions() == [0]
+        d.snapshot_cost_s[2] = 0.0
+        ev2 = _events({0: [2], 2: [3]}, log)
+        await d.handle(ev2)
+        return ev1, ev2
+
+    ev1, ev2 = asyncio.run(scenario())
+    acked = {(e.message.partition, e.message.offset) for e in ev1 + ev2 if e.acked}
+    # one snapshot per batch: partition 2 (most overdue), with every event it covers
+    assert acked == {(2, 0), (2, 1), (2, 2), (2, 3)}
+    snaps = [x for x in log if x[0] == "send" and x[1] == "changelog"]
+    assert [k for _, _, k in snaps] == [b"account/2/0"]
+    # the state was captured off the event loop's thread
+    assert rts[2].state_threads and all(t != threading.main_thread().name for t in rts[2].state_threads)
+    # the alerts of partition 2's records were sent before the snapshot that acks them
+    first_ack = log.index(("ack", 2, 0))
+    assert log.index(("send", "changelog", b"account/2/0")) < first_ack
+    assert [i for i, x in enumerate(log) if x == ("send", "alerts", b"acc-2")][-1] < first_ack
+
+    rows = [json.loads(x) for x in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    kinds = {r["ev"] for r in rows}
+    assert {"batch", "alert", "snapshot"} <= kinds
+    alert = next(r for r in rows if r["ev"] == "alert")
+    assert 0.5 <= alert["latency_s"] < 5.0 and 0.45 <= alert["age_at_entry_s"] <= alert["latency_s"]
+    batch = next(r for r in rows if r["ev"] == "batch")
+    assert batch["n"] == 6 and 0.25 <= batch["age_oldest_s"] < 5.0
+    snap = next(r for r in rows if r["ev"] == "snapshot")
+    assert snap["partition"] == 2 and snap["why"] == "interval" and snap["bytes"] > 0
+
+
+def test_final_snapshot_acks_every_pending_partition(tmp_path):
+    log: list = []
+    d, _ = _driver(tmp_path, log, interval=3600.0, alerts=False, trace=False)
+
+    async def scenario():
+        evs = _events({0: [0, 1], 1: [5], 3: [7]}, log)
+        await d.handle(evs)
+        assert not any(e.acked for e in evs)
+        await d.snapshot()  # what PlayGuardApp.on_stop calls
+        return evs
+
+    evs = asyncio.run(scenario())
+    assert all(e.acked for e in evs)
+    assert not d.pending
+
+
+def test_trace_records_full_garbage_collections(tmp_path):
+    trace = LatencyTrace(tmp_path / "t.jsonl")
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(trace._on_gc)
+    rows = [json.loads(x) for x in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert any(r["ev"] == "gc" and r["gen"] == 2 and r["s"] >= 0 for r in rows)
+
+
+@pytest.mark.parametrize("bad", [0, -5])
+def test_fetch_wait_setting_rejects_non_positive(bad):
+    with pytest.raises(ValueError):
+        Settings(consumer_fetch_max_wait_ms=bad)
