@@ -140,6 +140,13 @@ def _drop_zygote() -> None:
         _LOCAL.zygote = None
 
 
+def last_child_cpu_seconds() -> float | None:
+    """CPU seconds (user + system) of the last sandboxed child of this thread,
+    its ffmpeg subprocesses included; None if it was killed or never ran.
+    For benchmarks: the caller's own CPU time does not include the child's."""
+    return getattr(_LOCAL, "child_cpu_s", None)
+
+
 def run_sandboxed(path: Path, settings: QCSettings) -> tuple[dict, str | None]:
     """Run the analysis of ``path`` in a sandboxed child process.
 
@@ -161,6 +168,7 @@ def run_sandboxed(path: Path, settings: QCSettings) -> tuple[dict, str | None]:
         return {}, "QC sandbox did not answer"
     pid = hello["pid"]
     done = z.read_line(settings.wall_seconds)
+    _LOCAL.child_cpu_s = float(done.get("cpu_s") or 0.0) if done else None
     if done is None:
         for fn in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
             try:

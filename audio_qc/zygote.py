@@ -10,8 +10,9 @@ forks a child that calls :func:`os.setsid`, sets RLIMIT_CPU, RLIMIT_AS and
 RLIMIT_CORE, runs :func:`audio_qc.analyze.analyze_path` and writes its JSON
 result to a pipe. The zygote answers with two lines: ``{"pid": int}`` at once
 (so the caller can kill the child's process group on a wall-clock timeout),
-then ``{"status": int, "signal": int|null, "result": str|null}`` when the
-child has exited (``result`` is the child's JSON text, parsed by the caller).
+then ``{"status": int, "signal": int|null, "result": str|null, "cpu_s": float}``
+when the child has exited (``result`` is the child's JSON text, parsed by the
+caller; ``cpu_s`` its user + system CPU time, its own children included).
 The zygote never reads the audio itself, and nothing is pickled anywhere.
 """
 
@@ -82,11 +83,12 @@ def serve() -> None:
                 break
             chunks.append(b)
         os.close(rfd)
-        _, status = os.waitpid(pid, 0)
+        _, status, usage = os.wait4(pid, 0)
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
         text = b"".join(chunks).decode("utf-8", "replace") or None
-        out.write(json.dumps({"status": code, "signal": sig, "result": text}) + "\n")
+        cpu = round(usage.ru_utime + usage.ru_stime, 4)  # the child's CPU seconds (ffmpeg included)
+        out.write(json.dumps({"status": code, "signal": sig, "result": text, "cpu_s": cpu}) + "\n")
         out.flush()
 
 

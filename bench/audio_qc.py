@@ -2,28 +2,40 @@
 one core, next to ffmpeg's ebur128 filter and libebur128 (pyebur128) with
 true peak, in the same run.
 
-Usage: ``.venv/bin/python bench/audio_qc.py [--repeat N] [--track NAME]``
+Usage: ``.venv/bin/python bench/audio_qc.py [--repeat N] [--track NAME] [--stages]``
 
 Files: a 44.1 kHz stereo Ogg Vorbis track of ``<data_dir>/audio`` (default
-``wesnoth/battle.ogg``, 318 s) and a FLAC made from it with ffmpeg in a
-temporary folder. Each figure is the median of ``--repeat`` runs, as
-audio duration / wall time; the process (and its children) is pinned to CPU 0.
+``wesnoth/battle.ogg``, 318 s) and a 24-bit FLAC made from it with ffmpeg in a
+temporary folder. Each figure is the median of ``--repeat`` runs, as audio
+duration / time, both wall clock and CPU time (the machine is shared: CPU time
+is the steadier figure); the process (and its children) is pinned to CPU 0.
+Every timed row is run once untimed first (numba kernels compiled, file in the
+page cache).
 
-* ``playguard QC (in-process)``: :func:`audio_qc.analyze.analyze_path`:
-  integrity checks, decode, BS.1770-4 loudness, LRA, true peak, every signal
-  check.
-* ``playguard QC (sandboxed)``: :func:`audio_qc.check.check_file`, the public
-  entry point (forked child with resource limits, JSON result).
-* ``ffmpeg ebur128=peak=true``: ``ffmpeg -i F -af ebur128=peak=true -f null -``.
+* ``playguard QC (sandboxed)``: :func:`audio_qc.check.check_file`, what
+  ``playguard qc`` and the stream worker run per file: the request to the fork
+  server, the forked child (resource limits, integrity checks, decode,
+  BS.1770-4 loudness, LRA, true peak, every signal check, JSON result), and
+  the parent's report (declared-metadata and profile checks, QCReport). CPU
+  time = the parent's + the child's (reported by the fork server from
+  ``wait4``).
+* ``playguard QC (in-process)``: :func:`audio_qc.analyze.analyze_path`, the
+  child's work without the fork and the JSON.
+* ``ffmpeg ebur128=peak=true``: ``ffmpeg -i F -af ebur128=peak=true -f null -``
+  (CPU: the ffmpeg process).
 * ``pyebur128 I+LRA+TP (+decode)``: soundfile decode then libebur128 with
   integrated loudness, LRA and true peak.
-* ``soundfile decode only``.
+* ``soundfile decode only``: ``sf.read(F, dtype="float32")``.
+
+``--stages`` also prints the CPU time of each stage of the in-process QC
+(integrity, decode + analysis pass, true peak, each signal check).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -38,19 +50,69 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from audio_qc.analyze import analyze_path  # noqa: E402
-from audio_qc.check import check_file  # noqa: E402
+from audio_qc.analyze import analyze_path, warm_up  # noqa: E402
+from audio_qc.check import check_file, last_child_cpu_seconds  # noqa: E402
 from stream.config import QCSettings, Settings  # noqa: E402
 
 
-def timed(fn, repeat: int) -> float:
-    """Median wall time of ``fn()`` over ``repeat`` runs, seconds."""
-    times = []
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(fn, repeat: int, extra_cpu=None) -> tuple[float, float]:
+    """Median wall time and median CPU time of ``fn()`` over ``repeat`` runs,
+    seconds, after one untimed run. CPU = this process + its waited-for
+    children (ffmpeg) + ``extra_cpu()`` (the sandboxed child's)."""
+    fn()
+    walls, cpus = [], []
     for _ in range(repeat):
+        c0 = time.process_time() + _children_cpu()
         t = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() + _children_cpu() - c0 + (extra_cpu() if extra_cpu else 0.0))
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def stages(path: Path, repeat: int) -> dict[str, float]:
+    """Median CPU seconds of each stage of :func:`analyze_path` (same calls)."""
+    from audio_qc import integrity, loudness, signal_checks
+    from audio_qc.decode import LOSSY_CODECS, decode
+
+    def cpu() -> float:
+        return time.process_time() + _children_cpu()
+
+    out: dict[str, list[float]] = {}
+
+    def run(name, fn, *a, **k):
+        t = cpu()
+        r = fn(*a, **k)
+        out.setdefault(name, []).append(cpu() - t)
+        return r
+
+    for _ in range(repeat):
+        data = run("read file", path.read_bytes)
+        fmt = integrity.sniff_format(data[:16])
+        checker = {"ogg": integrity.check_ogg, "flac": integrity.check_flac, "wav": integrity.check_wav}[fmt]
+        run(f"integrity ({checker.__name__})", checker, data)
+        del data
+        sink = loudness.AnalysisPass()
+        dec = run("decode + K-weighting/peak/DC/corr pass", decode, path, 2**31, check_finite=False, sink=sink)
+        ps = sink.result()
+        ch, sr = ps.channels, dec.sample_rate
+        run("gating, M/S max, LRA", loudness.measure_loudness_from_power, ps.csum, ps.bounds)
+        run("true peak (4x polyphase)", lambda: [loudness.true_peak_channel(ch[i], sr) for i in range(len(ch))])
+        blk = signal_checks.block_loudness(ps.csum, ps.bounds)
+        run("signal: check_clipping", signal_checks.check_clipping, ch, ps.peak)
+        run("signal: check_gaps", signal_checks.check_gaps, ch, sr, blk)
+        run("signal: check_clicks", signal_checks.check_clicks, ch, sr)
+        low = run("signal: low_band_correlation", signal_checks.low_band_correlation, ch, sr)
+        run("signal: check_stereo", signal_checks.check_stereo, ch, ps.lr_correlation, low)
+        cut = run("signal: spectral_cutoff", signal_checks.spectral_cutoff, ch, sr)
+        signal_checks.check_bandwidth(cut, sr, dec.codec, (dec.codec or "") in LOSSY_CODECS)
+        del ch, ps, sink
+    return {k: statistics.median(v) for k, v in out.items()}
 
 
 def pyebur128_run(path: Path) -> None:
@@ -104,6 +166,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--track", default="wesnoth/battle.ogg")
     ap.add_argument("--agreement", action="store_true", help="compare with libebur128 on every real file instead")
+    ap.add_argument("--stages", action="store_true", help="also print the CPU time of each QC stage")
     args = ap.parse_args()
     if args.agreement:
         return agreement()
@@ -119,22 +182,33 @@ def main() -> int:
         flac = Path(d) / (src.stem + ".flac")
         subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(src), "-c:a", "flac", str(flac)], check=True)
         settings = QCSettings(wall_seconds=600, cpu_seconds=600)
-        check_file(src, file_id="warm", uri="warm", settings=settings)  # start the fork server
+        check_file(src, file_id="warm", uri="warm", settings=settings)  # start the fork server (compiles its kernels)
+        warm_up()  # the same kernels in this process, for the in-process row
         print(f"load average at start: {os.getloadavg()[0]:.2f} (2 cores shared with other work)")
         for path in (src, flac):
             info = sf.info(str(path))
             dur = info.frames / info.samplerate
-            print(f"\n{path.name}: {info.subtype_info}, {info.samplerate} Hz, {info.channels} ch, {dur:.1f} s")
+            print(f"\n{path.name}: {info.subtype_info}, {info.samplerate} Hz, {info.channels} ch, {dur:.1f} s, "
+                  f"{path.stat().st_size / 2**20:.1f} MiB")
+            print(f"  {'':30s} {'wall':>8s} {'x realtime':>11s}  {'CPU':>8s} {'x realtime':>11s}")
             rows = [
-                ("playguard QC (in-process)", lambda: analyze_path(path, memory_budget_bytes=2**31)),
-                ("playguard QC (sandboxed)", lambda: check_file(path, file_id="b", uri="b", settings=settings)),
-                ("ffmpeg ebur128=peak=true", lambda: ffmpeg_run(path)),
-                ("pyebur128 I+LRA+TP (+decode)", lambda: pyebur128_run(path)),
-                ("soundfile decode only", lambda: sf.read(str(path), dtype="float32")),
+                ("playguard QC (sandboxed)", lambda: check_file(path, file_id="b", uri="b", settings=settings),
+                 lambda: last_child_cpu_seconds() or 0.0),
+                ("playguard QC (in-process)", lambda: analyze_path(path, memory_budget_bytes=2**31), None),
+                ("ffmpeg ebur128=peak=true", lambda: ffmpeg_run(path), None),
+                ("pyebur128 I+LRA+TP (+decode)", lambda: pyebur128_run(path), None),
+                ("soundfile decode only", lambda: sf.read(str(path), dtype="float32"), None),
             ]
-            for name, fn in rows:
-                t = timed(fn, args.repeat)
-                print(f"  {name:30s} {t:7.3f} s  {dur / t:7.1f}x realtime")
+            for name, fn, extra in rows:
+                wall, cpu = timed(fn, args.repeat, extra)
+                print(f"  {name:30s} {wall:7.3f}s {dur / wall:10.1f}x  {cpu:7.3f}s {dur / cpu:10.1f}x")
+            if args.stages:
+                print("  CPU time per stage of the in-process QC (median):")
+                st = stages(path, args.repeat)
+                for k, v in st.items():
+                    print(f"    {k:44s} {v * 1000:7.1f} ms  {100 * v / sum(st.values()):5.1f} %")
+                print(f"    {'sum':44s} {sum(st.values()) * 1000:7.1f} ms  ({dur / sum(st.values()):.0f}x realtime)")
+        print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
     return 0
 
 
