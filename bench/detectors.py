@@ -28,7 +28,7 @@ RobustZScore per track's plays-per-minute series).
 
 Timings are the best of ``--repeats`` runs (default 3), for ours and river's alike.
 
-Usage: ``.venv/bin/python bench/detectors.py [--events 100000] [--batch 1000] [--edges 1000000]``
+Usage: ``.venv/bin/python bench/detectors.py [--events 100000] [--batch 1000] [--edges 1000000] [--refit-every 200000]``
 Targets (issue 10): every detector >= 100k events/s in batch mode, >= 10x river's per-event
 loop, MIDAS-R and MIDAS-F >= 1M edges/s.
 """
