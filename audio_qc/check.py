@@ -49,15 +49,21 @@ from stream.config import QCSettings
 from stream.schemas import AudioIngested, Defect, QCMeasurements, QCReport, Severity, outcome_for
 
 #: Virtual memory the child needs besides the decoded audio (Python, numpy,
-#: scipy, libsndfile), MiB.
-_BASE_MIB = 400
+#: scipy, numba/LLVM with the compiled kernels, libsndfile), MiB. Measured:
+#: VmPeak of a child is 585 MiB + 2.46x the decoded audio (318 s and 955 s
+#: stereo files).
+_BASE_MIB = 640
+#: Peak memory of the analysis per byte of decoded audio: the channel-major
+#: copy (the decoder streams into it in 1 MiB chunks) plus the signal checks'
+#: temporaries (measured 2.46, with margin).
+_AUDIO_COPIES = 2.75
 
 
 def memory_budget_bytes(settings: QCSettings) -> int:
-    """Largest decoded float32 audio the child accepts, bytes: a third of
-    what remains of ``memory_mb`` after the interpreter (analysis holds about
-    three copies: interleaved, channel-major, filter output)."""
-    return max(16 * 2**20, (settings.memory_mb - _BASE_MIB) * 2**20 // 3)
+    """Largest decoded float32 audio the child accepts, bytes: what remains
+    of ``memory_mb`` after the interpreter, divided by the analysis' copies
+    (2,048 MiB -> 512 MiB, ~23 min of 48 kHz stereo)."""
+    return max(16 * 2**20, int((settings.memory_mb - _BASE_MIB) * 2**20 / _AUDIO_COPIES))
 
 
 class _Zygote:

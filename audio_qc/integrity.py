@@ -286,6 +286,54 @@ def _crc16(d, start, stop, crc, t):  # pragma: no cover - compiled
     return c
 
 
+_ONES = np.uint64(0x0101010101010101)
+_HIGHS = np.uint64(0x8080808080808080)
+
+
+@nb.njit(nogil=True)
+def _crc_to_sync(d, w64, cstart, sstart, stop, crc, t):  # pragma: no cover - compiled
+    """Advance the CRC-16 register from ``cstart`` up to the first frame sync
+    code at or after ``sstart`` (d[q] == 0xFF, d[q+1] in 0xF8/0xF9, q + 1 < stop).
+
+    One pass does both jobs: 8-byte words go through the slicing-by-8 tables
+    unless they hold a 0xFF byte (found with the has-zero-byte trick on the
+    inverted word), which are then looked at byte by byte.
+
+    Returns:
+        ``(q, crc)``: the sync position (``stop`` if none) and the register
+        over ``d[cstart:q]``.
+    """
+    i = cstart
+    c = np.int64(crc)
+    # bytewise up to the word boundary
+    while i < stop and (i & 7) != 0:
+        if i >= sstart and i + 1 < stop and d[i] == 0xFF and (d[i + 1] & 0xFE) == 0xF8:
+            return i, c
+        c = ((c << 8) & 0xFFFF) ^ np.int64(t[0, (c >> 8) ^ np.int64(d[i])])
+        i += 1
+    while i + 8 < stop:  # the byte after the word is inside too
+        w = w64[i >> 3]
+        x = ~w
+        if ((x - _ONES) & ~x & _HIGHS) != 0 and i + 8 > sstart:  # a 0xFF byte: maybe a sync code
+            for k in range(8):
+                q = i + k
+                if q >= sstart and d[q] == 0xFF and (d[q + 1] & 0xFE) == 0xF8:
+                    return q, c
+                c = ((c << 8) & 0xFFFF) ^ np.int64(t[0, (c >> 8) ^ np.int64(d[q])])
+            i += 8
+            continue
+        c = (np.int64(t[7, (c >> 8) ^ np.int64(d[i])]) ^ np.int64(t[6, (c & 0xFF) ^ np.int64(d[i + 1])])
+             ^ np.int64(t[5, d[i + 2]]) ^ np.int64(t[4, d[i + 3]]) ^ np.int64(t[3, d[i + 4]])
+             ^ np.int64(t[2, d[i + 5]]) ^ np.int64(t[1, d[i + 6]]) ^ np.int64(t[0, d[i + 7]]))
+        i += 8
+    while i < stop:
+        if i >= sstart and i + 1 < stop and d[i] == 0xFF and (d[i + 1] & 0xFE) == 0xF8:
+            return i, c
+        c = ((c << 8) & 0xFFFF) ^ np.int64(t[0, (c >> 8) ^ np.int64(d[i])])
+        i += 1
+    return stop, c
+
+
 @nb.njit(nogil=True)
 def _flac_header(d, pos, n, si_rate, si_bps, si_ch, si_maxbs, rates, bpss, crc8):  # pragma: no cover
     """Parse the FLAC frame header at ``pos``.
@@ -391,7 +439,7 @@ def _next_sync(d, pos, stop):  # pragma: no cover - compiled
 
 
 @nb.njit(nogil=True)
-def _flac_walk(d, start, n, si_rate, si_bps, si_ch, si_maxbs, rates, bpss, crc8, crc16, out):  # pragma: no cover
+def _flac_walk(d, w64, start, n, si_rate, si_bps, si_ch, si_maxbs, rates, bpss, crc8, crc16, out):  # pragma: no cover
     """Walk the FLAC frames of ``d[start:n]``; counters go to ``out`` (int64):
 
     0 good frames, 1 frames failing their CRC-16, 2 byte offset of the first
@@ -433,24 +481,21 @@ def _flac_walk(d, start, n, si_rate, si_bps, si_ch, si_maxbs, rates, bpss, crc8,
             out[6] += 1
         expect = num + (bs if variable else 1)
         limit = min(n, pos + hl + si_ch * ((bs * (si_bps + 1) + 7) // 8 + 8) + 2 + 64)
-        crc = _crc16(d, pos, pos + hl, 0, crc16)
-        cpos = pos + hl
+        crc = np.int64(0)
+        cpos = pos
         q = pos + hl
         end = -1
         first_hdr = -1
         while True:
-            q = _next_sync(d, q, limit)
+            q, crc = _crc_to_sync(d, w64, cpos, q, limit, crc, crc16)
+            cpos = q
             if q >= limit:
-                if limit == n:
-                    crc = _crc16(d, cpos, n, crc, crc16)
-                    if crc == 0 and n - pos > hl + 2:
-                        end = n
+                if limit == n and crc == 0 and n - pos > hl + 2:
+                    end = n
                 break
             if _flac_header(d, q, n, si_rate, si_bps, si_ch, si_maxbs, rates, bpss, crc8)[0] > 0:
                 if first_hdr < 0:
                     first_hdr = q
-                crc = _crc16(d, cpos, q, crc, crc16)
-                cpos = q
                 if crc == 0:
                     end = q
                     break
@@ -553,8 +598,9 @@ def check_flac(data: bytes) -> list[Finding]:
     if n - pos >= 128 and data[n - 128 : n - 125] == b"TAG":  # an ID3v1 tag after the frames
         end = n - 128
     buf = np.frombuffer(data, dtype=np.uint8)
+    words = buf[: len(buf) // 8 * 8].view(np.uint64)  # native order; only tested for 0xFF bytes
     out = np.zeros(9, dtype=np.int64)
-    _flac_walk(buf, pos, end, si["rate"], si["bps"], si["channels"], si["max_bs"], _FLAC_RATES, _FLAC_BPS,
+    _flac_walk(buf, words, pos, end, si["rate"], si["bps"], si["channels"], si["max_bs"], _FLAC_RATES, _FLAC_BPS,
                _CRC8, _CRC16, out)
     good, bad, first_bad, samples, stray, first_stray, jumps, last_bad, found = (int(v) for v in out)
     findings: list[Finding] = []
