@@ -23,7 +23,7 @@ from stream.fraud.sketches import (
     mix64,
     stable_hash64,
 )
-from stream.fraud.slots import SlotTable, scatter_add, scatter_add2, scatter_max, scatter_max2, scatter_min
+from stream.fraud.slots import SlotTable, decay_add, scatter_add, scatter_add2, scatter_max, scatter_max2, scatter_min
 
 rng = np.random.default_rng(11)
 
@@ -189,10 +189,15 @@ def test_slot_table_lookup_allocates_like_pop_order_and_expires():
     assert np.array_equal(t2.live_, t.live_) and t2.lookup(["new", "a"]).tolist() == t.lookup(["new", "a"]).tolist()
 
 
-def test_combine_is_order_sensitive_and_deterministic():
-    a = np.arange(100, dtype=np.uint64)
+def test_combine_kernel_matches_numpy_and_is_order_sensitive():
+    a = np.array(list(range(100)) + [2 ** 63, 2 ** 64 - 1], np.uint64)
     b = a[::-1].copy()
-    assert np.array_equal(combine(a, b), combine(a, b))
+    with np.errstate(over="ignore"):
+        want = mix64(a * np.uint64(0x9E3779B97F4A7C15) ^ mix64(b))
+    assert np.array_equal(combine(a, b), want)
+    assert np.array_equal(combine(a[:1], b[:1]), want[:1]) and combine(a[:0], b[:0]).shape == (0,)
+    # broadcasting falls back to numpy
+    assert np.array_equal(combine(a, np.uint64(5)), combine(a, np.full(len(a), 5, np.uint64)))
     assert np.mean(combine(a, b) != combine(b, a)) > 0.95
 
 
@@ -237,3 +242,29 @@ def test_bitmap_set_matches_bitwise_or_at_and_feeds_linear_count():
     assert np.array_equal(ones, distinct)
     est = linear_count(got)
     assert np.all(est >= ones) and np.all(np.isfinite(est))
+
+
+def test_decay_add_matches_numpy_decay_then_bincount():
+    for _ in range(20):
+        cap, m, n = 60, 25, 700
+        col = (rng.random(cap) * 100).astype(np.float32)
+        slots = rng.choice(cap, m, replace=False)
+        f = np.exp(-rng.random(m) * 3).astype(np.float32)
+        inv = rng.integers(0, m, n)
+        w = rng.random(n) * (rng.random(n) < 0.5)
+        got = col.copy()
+        decay_add(got, slots, f, inv, w)
+        want = col.copy()
+        want[slots] = want[slots] * f + np.bincount(inv, w, m).astype(np.float32)
+        assert np.array_equal(got, want)
+        untouched = np.setdiff1d(np.arange(cap), slots)
+        assert np.array_equal(got[untouched], col[untouched])
+
+
+def test_coplay_poisson_tail_equals_scipy_sf():
+    from scipy.special import pdtrc
+    from scipy.stats import poisson
+
+    cnt = rng.integers(1, 40, 500)
+    lam = rng.random(500) * 10 + 0.05
+    assert np.array_equal(pdtrc((cnt - 1).astype(np.float64), lam), poisson.sf(cnt - 1, lam))

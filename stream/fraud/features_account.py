@@ -53,7 +53,15 @@ import numpy as np
 
 from stream.batch import PlayBatch
 from stream.fraud.sketches import HLLBank, bitmap_set, linear_count, mix64
-from stream.fraud.slots import SlotTable, scatter_add, scatter_add2, scatter_max, scatter_max2, scatter_min
+from stream.fraud.slots import (
+    SlotTable,
+    decay_add,
+    scatter_add,
+    scatter_add2,
+    scatter_max,
+    scatter_max2,
+    scatter_min,
+)
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -112,15 +120,6 @@ def _crc(values, cache: dict | None = None) -> np.ndarray:
         cache.update(zip(vals, h))
         out[miss] = h
     return out.astype(np.uint32)
-
-
-def _decay(table: SlotTable, slots: np.ndarray, ref: np.ndarray, names, tau: float) -> None:
-    """Decay columns ``names`` of unique ``slots`` from their ``t_ref`` to ``ref``."""
-    dt = np.maximum(ref - table.cols_["t_ref"][slots], 0.0)
-    f = np.exp(-dt / tau).astype(np.float32)
-    for name in names:
-        col = table.cols_[name]
-        col[slots] = col[slots] * (f if col.ndim == 1 else f[:, None])
 
 
 class AccountFeatures:
@@ -186,20 +185,22 @@ class AccountFeatures:
         tmax = np.full(len(slots), -np.inf)
         scatter_max(tmax, inv, ts)
         ref = np.maximum(c["t_ref"][slots], tmax)
-        _decay(A, slots, ref, ("n1",), TAU_SHORT)
-        _decay(A, slots, ref, ("n12", "k3040", "kshort", "comp_n", "comp_s", "gap_n", "gap_s1", "gap_s2",
-                               "newdev", "newip", "newctry", "oddhour", "newall", "ovl", "travel"), TAU_DAY)
-        _decay(A, slots, ref, ("hour_hist",), TAU_WEEK)
+        # decay factors from each account's t_ref to ref; every decayed column
+        # is decayed and added to in one pass (decay_add), hour_hist here
+        dt = np.maximum(ref - c["t_ref"][slots], 0.0)
+        f1 = np.exp(-dt / TAU_SHORT).astype(np.float32)
+        fd = np.exp(-dt / TAU_DAY).astype(np.float32)
+        c["hour_hist"][slots] = c["hour_hist"][slots] * np.exp(-dt / TAU_WEEK).astype(np.float32)[:, None]
         c["t_ref"][slots] = ref
         age = ref[inv] - ts
         w1 = np.exp(-age / TAU_SHORT)
         wd = np.exp(-age / TAU_DAY)
         m = len(slots)
 
-        def add(name, weights):
-            c[name][slots] += np.bincount(inv, weights, minlength=m).astype(np.float32)
+        def add(name, weights, f=fd):
+            decay_add(c[name], slots, f, inv, weights)
 
-        add("n1", w1)
+        add("n1", w1, f1)
         add("n12", wd)
         is3040 = (ms >= 30000) & (ms < 40000)
         skipped = np.asarray(batch.skipped)
@@ -250,8 +251,9 @@ class AccountFeatures:
         okgap = has_prev & (gap >= 0) & (gap < HOUR)
         wd_s = wd[order]
         inv_s = inv[order]
-        add_s = lambda name, wts: c[name].__setitem__(  # noqa: E731
-            slots, c[name][slots] + np.bincount(inv_s, wts, minlength=m).astype(np.float32))
+        def add_s(name, wts):  # weights in (account, ts) order
+            decay_add(c[name], slots, fd, inv_s, wts)
+
         add_s("gap_n", wd_s * okgap)
         add_s("gap_s1", wd_s * np.where(okgap, gap, 0.0))
         add_s("gap_s2", wd_s * np.where(okgap, gap * gap, 0.0))

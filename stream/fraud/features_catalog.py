@@ -38,13 +38,15 @@ plays mostly (> ``loop_share``) end at 30-40 s (loop and payout-gaming catalogs)
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 import numpy as np
-from scipy.stats import poisson
+from scipy.special import pdtrc
 
 from stream.batch import UNKNOWN_IDS, PlayBatch
 from stream.fraud.evidence import binom_llr
 from stream.fraud.sketches import HLLBank, RotatingCountMin, combine
-from stream.fraud.slots import SlotTable, scatter_add, scatter_max, scatter_min
+from stream.fraud.slots import SlotTable, decay_add, scatter_add, scatter_max, scatter_min
 
 DAY = 86400.0
 TAU_DAY = 12 * 3600.0
@@ -58,6 +60,15 @@ _ENT_COLS = {
 }
 _ACC_COLS = {"t_ref": ("f8", ()), "n": ("f4", ()), "co": ("f4", ()), "newart": ("f4", ()), "loopart": ("f4", ()),
              "day": ("i4", ()), "boost": ("f4", ())}
+
+
+def _pick(values: list, idx: np.ndarray) -> list:
+    """``[values[i] for i in idx]`` with a C-level getter."""
+    if len(idx) == 0:
+        return []
+    if len(idx) == 1:
+        return [values[int(idx[0])]]
+    return list(itemgetter(*idx.tolist())(values))
 
 
 class _EntityState:
@@ -102,10 +113,11 @@ class _EntityState:
         fh = np.exp(-dt / TAU_HOUR).astype(np.float32)
         c["t_ref"][us] = ref
         age = ref[uinv] - ts
-        c["base"][us] = c["base"][us] * fw + np.bincount(uinv, np.exp(-age / TAU_WEEK), len(us)).astype(np.float32)
-        c["n"][us] = c["n"][us] * fd + np.bincount(uinv, np.exp(-age / TAU_DAY), len(us)).astype(np.float32)
-        c["n1"][us] = c["n1"][us] * fh + np.bincount(uinv, np.exp(-age / TAU_HOUR), len(us)).astype(np.float32)
-        c["k3040"][us] = c["k3040"][us] * fd + np.bincount(uinv, np.exp(-age / TAU_DAY) * is3040, len(us)).astype(np.float32)
+        wd = np.exp(-age / TAU_DAY)
+        decay_add(c["base"], us, fw, uinv, np.exp(-age / TAU_WEEK))
+        decay_add(c["n"], us, fd, uinv, wd)
+        decay_add(c["n1"], us, fh, uinv, np.exp(-age / TAU_HOUR))
+        decay_add(c["k3040"], us, fd, uinv, wd * is3040)
         today = day == c["day"][s]
         scatter_add(c["plays_day"], s[today], 1)
         for par in (0, 1):
@@ -176,12 +188,12 @@ class CatalogFeatures:
         if self.t0_ == 0.0 and len(ts):
             self.t0_ = float(ts.min())
         full = len(idx) == len(batch)
-        acc_ids = batch.account_id if full else [batch.account_id[i] for i in idx]
+        acc_ids = batch.account_id if full else _pick(batch.account_id, idx)
         acc = self.accounts.lookup(acc_ids)
         self.accounts.touch(acc, ts)
         ah = self.accounts.hash_[acc]
-        tr_ids = batch.track_id if full else [batch.track_id[i] for i in idx]
-        ar_ids = batch.artist_id if full else [batch.artist_id[i] for i in idx]
+        tr_ids = batch.track_id if full else _pick(batch.track_id, idx)
+        ar_ids = batch.artist_id if full else _pick(batch.artist_id, idx)
         day = (ts // DAY).astype(np.int64)
         ms = np.asarray(batch.ms_played)[idx]
         is3040 = (ms >= 30000) & (ms < 40000)
@@ -215,7 +227,12 @@ class CatalogFeatures:
         n1 = self.tracks.table.cols_["n1"][s_t].astype(np.float64)
         lam = np.maximum((n1 - cnt) / TAU_HOUR * self.bucket_s, 0.0) + 0.05
         co = cnt - 1
-        cop = (co >= self.co_min) & (poisson.sf(cnt - 1, lam) < self.co_p)
+        # Poisson tail P(X >= cnt) = poisson.sf(cnt - 1, lam) = pdtrc(cnt - 1, lam),
+        # needed only where co >= co_min
+        cop = co >= self.co_min
+        if cop.any():
+            j = np.flatnonzero(cop)
+            cop[j] = pdtrc((cnt[j] - 1).astype(np.float64), lam[j]) < self.co_p
         # newness of the artist
         afs = self.artists.table.cols_["first_seen"][s_a]
         # first play today of a track of a new, cold artist (a superfan replaying
@@ -235,11 +252,10 @@ class CatalogFeatures:
         f = np.exp(-(ref - c["t_ref"][ua]) / TAU_DAY).astype(np.float32)
         c["t_ref"][ua] = ref
         w = np.exp(-(ref[uinv] - ts) / TAU_DAY)
-        m = len(ua)
-        c["n"][ua] = c["n"][ua] * f + np.bincount(uinv, w, m).astype(np.float32)
-        c["co"][ua] = c["co"][ua] * f + np.bincount(uinv, w * cop, m).astype(np.float32)
-        c["newart"][ua] = c["newart"][ua] * f + np.bincount(uinv, w * new_artist, m).astype(np.float32)
-        c["loopart"][ua] = c["loopart"][ua] * f + np.bincount(uinv, w * loop_art, m).astype(np.float32)
+        decay_add(c["n"], ua, f, uinv, w)
+        decay_add(c["co"], ua, f, uinv, w * cop)
+        decay_add(c["newart"], ua, f, uinv, w * new_artist)
+        decay_add(c["loopart"], ua, f, uinv, w * loop_art)
         return dict(idx=idx, acc=acc, uacc=ua, uinv=uinv, track=s_t, artist=s_a, ts=ts, day=day,
                     track_listeners=lt, track_heavy=ht, artist_listeners=la, artist_heavy=ha,
                     pair_track=pt, pair_artist=pa, co=co, coplay=cop, cokey=kc, new_artist=new_artist)

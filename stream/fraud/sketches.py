@@ -54,9 +54,16 @@ def mix64(x: np.ndarray) -> np.ndarray:
 
 
 def combine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hash of the pair (a, b) of uint64 arrays (order matters)."""
+    """Hash of the pair (a, b) of uint64 arrays (order matters):
+    ``mix64(a * 0x9E3779B97F4A7C15 ^ mix64(b))``, shape of the broadcast."""
+    a = np.asarray(a, np.uint64)
+    b = np.asarray(b, np.uint64)
+    if a.ndim == 1 and a.shape == b.shape:
+        out = np.empty(len(a), np.uint64)
+        _combine_kernel(np.ascontiguousarray(a), np.ascontiguousarray(b), out)
+        return out
     with np.errstate(over="ignore"):
-        return mix64(np.asarray(a, np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ mix64(b))
+        return mix64(a * np.uint64(0x9E3779B97F4A7C15) ^ mix64(b))
 
 
 def _clz_rank(w: np.ndarray, bits: int) -> np.ndarray:
@@ -81,6 +88,12 @@ def _mix64_one(z):
     z = z ^ (z >> np.uint64(27))
     z = z * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
+
+
+@nb.njit
+def _combine_kernel(a, b, out):
+    for i in range(len(a)):
+        out[i] = _mix64_one((a[i] * np.uint64(0x9E3779B97F4A7C15)) ^ _mix64_one(b[i]))
 
 
 @nb.njit
@@ -358,8 +371,9 @@ class RotatingCountMin:
         if len(period) == 0:
             return
         keys = np.asarray(keys)
-        lo = max(int(period.max()), int(self.period_.max())) - self.k + 1
-        ps = np.unique(period)
+        pmin, pmax = int(period.min()), int(period.max())
+        lo = max(pmax, int(self.period_.max())) - self.k + 1
+        ps = np.array([pmin]) if pmin == pmax else np.unique(period)
         for p in ps[ps >= lo].tolist():
             j = p % self.k
             if self.period_[j] < p:
@@ -374,7 +388,10 @@ class RotatingCountMin:
         period = np.asarray(period, np.int64)
         keys = np.asarray(keys)
         out = np.zeros(len(keys), np.int64)
-        ps = np.unique(period)
+        if len(period) == 0:
+            return out
+        pmin, pmax = int(period.min()), int(period.max())
+        ps = np.array([pmin]) if pmin == pmax else np.unique(period)
         for p in ps.tolist():
             j = p % self.k
             if self.period_[j] == p:

@@ -64,6 +64,30 @@ def scatter_max2(out, rows, cols, vals):
             out[rows[i], cols[i]] = vals[i]
 
 
+@nb.njit
+def decay_add(col, slots, f, inv, w):
+    """Decay then add, in place: ``col[slots] = col[slots] * f + sums`` with
+    ``sums = np.bincount(inv, w, len(slots)).astype(col.dtype)``.
+
+    Args:
+        col: float32 column (capacity,).
+        slots: int (m,) distinct rows.
+        f: float32 (m,) decay factors.
+        inv: int (n,) index of each event's row in ``slots``.
+        w: float64 (n,) event weights (summed in event order, like ``bincount``).
+
+    Same rounding as the numpy expression it replaces: the product is
+    rounded to float32, the float64 sums are rounded to float32, then added.
+    """
+    m = len(slots)
+    acc = np.zeros(m)
+    for i in range(len(inv)):
+        acc[inv[i]] += w[i]
+    for j in range(m):
+        s = slots[j]
+        col[s] = col[s] * f[j] + np.float32(acc[j])
+
+
 class SlotTable:
     """Columns of per-entity state, one row per active entity.
 
