@@ -1,6 +1,7 @@
 """Play-fraud stage models on small synthetic streams (issue 11)."""
 
 import numpy as np
+import pytest
 
 from detectors.serialize import dumps, loads
 from stream.batch import PlayBatch
@@ -114,3 +115,33 @@ def test_count_min_and_rotation_and_linear_counting():
     for b in (mix64(np.arange(100, dtype=np.uint64)) & np.uint64(255)).astype(int).tolist():
         bits[0, b >> 6] |= np.uint64(1) << np.uint64(b & 63)
     assert 80 < linear_count(bits)[0] < 125
+
+
+def test_account_day_maxima_one_score_per_active_account_day():
+    from stream.fraud.calibrate import account_day_maxima
+
+    ts = np.array([T0 + 10, T0 + 20, T0 + 86400 + 5, T0 + 30])
+    mx = account_day_maxima(["a", "a", "a", "b"], ts, np.array([1.0, 5.0, 2.0, 7.0]))
+    assert sorted(mx.tolist()) == [2.0, 5.0, 7.0]
+    with pytest.raises(ValueError, match="unequal"):
+        account_day_maxima(["a"], ts, np.zeros(4))
+
+
+def test_thresholds_come_from_a_budget_on_clean_traffic():
+    from stream.fraud.calibrate import calibrate_thresholds
+    from stream.fraud.simulate import Labelled
+
+    rows = sorted(_background(n_acc=40, days=3, seed=4), key=lambda r: r["ts"])
+    b = PlayBatch.from_dicts(rows)
+    clean = Labelled(b, np.zeros(len(b), bool), [""] * len(b))
+    loose = calibrate_thresholds(clean, budget=400.0, floor=0.0)
+    tight = calibrate_thresholds(clean, budget=0.5, floor=6.0)
+    rep = tight["report"]["account"]
+    assert rep["account_days"] == 120  # 40 accounts x 3 active days
+    # a tighter budget can only raise a threshold; the floor bounds it below
+    assert rep["raw_threshold"] >= loose["threshold"]
+    assert tight["report"]["catalog"]["raw_threshold"] >= loose["catalog_threshold"]
+    assert rep["raw_threshold"] >= rep["max_clean_score"] - 1e-9  # budget below one alert: above every clean score
+    assert tight["threshold"] == max(rep["raw_threshold"], 6.0)
+    with pytest.raises(ValueError, match="budget"):
+        calibrate_thresholds(clean, budget=0.0)

@@ -35,6 +35,21 @@ def _simulated(settings: Settings, accounts: int, days: int, fraud_share: float,
                     levels=tuple(level or ("L0", "L1", "L2")), seed=seed)
 
 
+def _calibrated(settings: Settings, accounts: int, days: int, seed: int, max_real: int | None, budget: float,
+                batch_size: int, batch_seconds: float | None) -> dict:
+    """Thresholds from ``budget`` false alerts per 1,000 accounts per day on a
+    clean simulated stream (no fraud; seed ``seed + 10007``, so never the
+    evaluated stream's clones)."""
+    from stream.adapters import load_listening
+    from stream.fraud.calibrate import calibrate_thresholds
+    from stream.fraud.simulate import prepare_background, simulate
+
+    cseed = seed + 10007
+    raw = load_listening(settings.listening_path, max_accounts=max_real, seed=cseed)
+    clean = simulate(prepare_background(raw, days=days), n_accounts=accounts, scenarios=[], seed=cseed)
+    return calibrate_thresholds(clean, settings, budget=budget, batch_size=batch_size, batch_seconds=batch_seconds)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``simulate`` and ``eval`` to the ``playguard`` app."""
 
@@ -76,6 +91,10 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(2000, help="micro-batch size (events)"),
         batch_seconds: float = typer.Option(300.0, help="micro-batch event-time span cap (s); 0: none"),
         no_baselines: bool = typer.Option(False, help="skip the three baselines"),
+        calibrate_budget: float = typer.Option(
+            0.5, help="set alert thresholds from this many false alerts per 1,000 accounts per day on a clean "
+                      "simulated stream (needs the real data); 0: the fixed FraudParams defaults"),
+        calibration_days: int = typer.Option(7, help="days of the clean calibration stream"),
         data_dir: Optional[Path] = typer.Option(None),
     ) -> None:
         """Run the core (and baselines) on a labelled stream; write JSON and PNG."""
@@ -87,8 +106,14 @@ def register(app: typer.Typer) -> None:
         try:
             lab = read_labelled(input) if input else _simulated(settings, accounts, days, fraud_share, scenario,
                                                                level, seed, max_real)
+            thr = None
+            if calibrate_budget > 0:
+                thr = _calibrated(settings, accounts, calibration_days, seed, max_real, calibrate_budget,
+                                  batch_size, batch_seconds or None)
+                typer.echo(f"calibrated thresholds (nats): account {thr['threshold']:.2f}, "
+                           f"catalog {thr['catalog_threshold']:.2f}")
             res = evaluate(lab, settings, batch_size=batch_size, baselines=not no_baselines, seed=seed,
-                           batch_seconds=batch_seconds or None)
+                           batch_seconds=batch_seconds or None, thresholds=thr)
             write_json(res, out_json)
             write_png(res, out_png)
         except (ValueError, FileNotFoundError, OSError) as exc:

@@ -62,11 +62,17 @@ def batch_bounds(ts: np.ndarray, batch_size: int, batch_seconds: float | None) -
 
 
 def run_core(lab: Labelled, settings: Settings | None = None, batch_size: int = 2000,
-             batch_seconds: float | None = 300.0) -> dict:
+             batch_seconds: float | None = 300.0, thresholds: dict | None = None) -> dict:
     """Run the core over ``lab`` in micro-batches (see :func:`batch_bounds`).
 
+    Args:
+        thresholds: optional ``{"threshold": nats, "catalog_threshold": nats}``
+            set on the models' :class:`~stream.fraud.models.FraudParams`
+            (e.g. from :func:`stream.fraud.calibrate.calibrate_thresholds`).
+
     Returns:
-        dict: ``event_score`` (n,), ``alerts`` list of (alert, event time),
+        dict: ``event_score`` (n,) (max over stages), ``stage_scores``
+        (stage -> (n,) scores), ``alerts`` list of (alert, event time),
         ``batches`` list of :class:`PlayBatch`, ``seconds`` wall time.
 
     Raises:
@@ -75,13 +81,20 @@ def run_core(lab: Labelled, settings: Settings | None = None, batch_size: int = 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     pipe = Pipeline(settings or Settings())
+    for m in (pipe.account, pipe.catalog):
+        if thresholds and hasattr(m, "params"):
+            for k, v in thresholds.items():
+                setattr(m.params, k, v)
     n = len(lab)
     ev = np.zeros(n)
+    stage_ev: dict[str, np.ndarray] = {}
     cur = {"off": 0}
 
     def sink(stage, batch, scores):
         o = cur["off"]
         np.maximum(ev[o:o + len(batch)], scores, out=ev[o:o + len(batch)])
+        st = stage_ev.setdefault(stage, np.zeros(n))
+        np.maximum(st[o:o + len(batch)], scores, out=st[o:o + len(batch)])
 
     for m in (pipe.account, pipe.catalog):
         if hasattr(m, "score_sink"):
@@ -97,7 +110,7 @@ def run_core(lab: Labelled, settings: Settings | None = None, batch_size: int = 
             # raises it as soon as that event's micro-batch is processed)
             alerts.append((a, min(float(a.evidence.get("last_event_ts", t)), t)))
         batches.append(b)
-    return {"event_score": ev, "alerts": alerts, "batches": batches,
+    return {"event_score": ev, "stage_scores": stage_ev, "alerts": alerts, "batches": batches,
             "seconds": time.perf_counter() - t_start, "pipeline": pipe}
 
 
@@ -134,8 +147,12 @@ def _metrics(groups, acc_score, acc_first, alerted_pairs, fraud_start, benign, d
 
 
 def evaluate(lab: Labelled, settings: Settings | None = None, batch_size: int = 2000,
-             baselines: bool = True, seed: int = 0, batch_seconds: float | None = 300.0) -> dict:
+             baselines: bool = True, seed: int = 0, batch_seconds: float | None = 300.0,
+             thresholds: dict | None = None) -> dict:
     """Evaluate the core (and baselines) on ``lab``; returns the JSON-able result.
+
+    ``thresholds`` (e.g. :func:`stream.fraud.calibrate.calibrate_thresholds`)
+    overrides the models' alert thresholds; it is stored in the result.
 
     Raises:
         ValueError: if ``lab`` has no fraud or no benign event.
@@ -157,7 +174,8 @@ def evaluate(lab: Labelled, settings: Settings | None = None, batch_size: int = 
     ev_groups["__benign__"] = np.flatnonzero(~lab.is_fraud)
     ev_groups = {k: np.asarray(v, np.int64) for k, v in ev_groups.items()}
     days = (float(b.ts.max()) - float(b.ts.min())) / 86400.0
-    core = run_core(lab, settings, batch_size, batch_seconds)
+    thr_over = {k: v for k, v in (thresholds or {}).items() if k != "report"}
+    core = run_core(lab, settings, batch_size, batch_seconds, thresholds=thr_over)
     ev = core["event_score"]
     acc_score: dict[str, float] = {}
     order = np.argsort(ev)
@@ -187,6 +205,12 @@ def evaluate(lab: Labelled, settings: Settings | None = None, batch_size: int = 
         "batch_size": batch_size, "batch_seconds": batch_seconds,
         "fraud_event_share": float(lab.is_fraud.mean()),
         "fraud_account_share": len(fraud_accounts) / max(len(fraud_accounts) + len(benign), 1),
+        "thresholds": {"account": core["pipeline"].account.params.threshold,
+                       "catalog": (core["pipeline"].catalog.params.catalog_threshold
+                                   if core["pipeline"].catalog.params.catalog_threshold is not None
+                                   else core["pipeline"].catalog.params.threshold),
+                       "calibration": (thresholds or {}).get("report")}
+        if hasattr(core["pipeline"].account, "params") and hasattr(core["pipeline"].catalog, "params") else None,
         "core": {"per_scenario": res, **summ, "alerts_by_detector": dict(by_detector),
                  "events_per_second": len(lab) / max(core["seconds"], 1e-9)},
         "hard_negatives": {k: {"accounts": len(v), "flagged": sum(1 for a in v if a in acc_first)}

@@ -58,7 +58,8 @@ class FraudParams:
     4.1 % (median 1.5 %); active hours per day reach 16 at the 99th percentile.
     """
 
-    threshold: float = 12.0          # nats of evidence for an account alert
+    threshold: float = 12.0          # nats of evidence for an account_fraud alert
+    catalog_threshold: float | None = None  # nats for a catalog_account alert (None: ``threshold``)
     p_3040: float = 0.06             # benign share of 30-40 s plays
     active_hours_free: float = 20.0  # active hours in 24 h above which evidence accrues
     gap_cv_max: float = 0.15         # gap CV under which play timing looks machine-made
@@ -74,6 +75,8 @@ class FraudParams:
     # catalog stage
     p_heavy: float = 0.1             # benign share of heavy listeners of a track / artist
     min_heavy: int = 3               # heavy listeners before concentration counts
+    heavy_full: float = 10.0         # heavy listeners for full concentration evidence
+    own_plays_full: float = 2.0      # x the heavy limit: an account's own plays for its full share
     p_loop_catalog: float = 0.02     # benign share of plays on artists whose plays mostly end at 30-40 s
     p_coplay: float = 0.05
     p_new_artist: float = 0.25
@@ -190,9 +193,10 @@ class AccountFraudModel:
             "gap_cv": np.where(gap_n >= 10, 40.0 * np.maximum(p.gap_cv_max - cv, 0.0), 0.0),
             "odd_hour_new_device": np.maximum(0.5 * F["odd_hour_new_device"] + F["new_identity_plays"]
                                               - p.new_identity_free, 0.0),
-            # impossible journeys count among 3+ countries a day: ping-pong
-            # between two places is a shared account or a VPN toggle
-            "country_switches": 4.0 * np.maximum(F["country_switches"] - 1.0, 0.0) * (F["countries_today"] > 2.5),
+            # impossible journeys count among 4+ countries a day: ping-pong
+            # between home and one or two favourite VPN exits is a VPN toggle
+            "country_switches": 4.0 * np.maximum(F["country_switches"] - 1.0, 0.0)
+            * (F["countries_today"] > p.countries_free + 0.5),
             "overlaps": 2.0 * np.maximum(F["overlaps"] - 1.0, 0.0),
             "ip_accounts": 0.5 * np.log(np.maximum(F["ip_accounts"] / p.ip_accounts_free, 1.0)) * np.minimum(n12, 30.0),
             "device_accounts": 2.0 * np.maximum(F["device_accounts"] - p.device_accounts_free, 0.0),
@@ -342,22 +346,25 @@ class CatalogFraudModel:
         self.max_ts_ = 0.0
         self.score_sink: ScoreSink | None = None
 
-    def process(self, batch: PlayBatch) -> list[Alert]:
-        """Update catalog features, score accounts / tracks / groups, return alerts."""
-        if not len(batch):
-            return []
+    def terms(self, u: dict) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """Surprise terms (nats, shape (m,)) of the m accounts of ``u``
+        (:meth:`CatalogFeatures.update` output), the per-event track
+        concentration LLR and the per-event boost evidence (shape (n_known,)).
+        Updates the accounts' daily maximum boost evidence."""
         p = self.params
         F = self.features
-        u = F.update(batch)
-        alerts: list[Alert] = []
-        if len(u["idx"]) == 0:
-            if self.score_sink is not None:
-                self.score_sink(self.stage, batch, np.zeros(len(batch)))
-            return alerts
+        # a few heavy listeners (a superfan circle at an album's release) weigh
+        # less than a crowd of them (a farm): full weight from ``heavy_full``
         T_track = F.concentration_llr(u["track_heavy"], u["track_listeners"], p.p_heavy, p.min_heavy)
+        T_track = T_track * np.minimum(u["track_heavy"] / p.heavy_full, 1.0)
         T_art = F.concentration_llr(u["artist_heavy"], u["artist_listeners"], p.p_heavy, p.min_heavy)
-        ev_boost = np.maximum(np.where(u["pair_track"] >= F.heavy_track, T_track, 0.0),
-                              np.where(u["pair_artist"] >= F.heavy_artist, T_art, 0.0))
+        T_art = T_art * np.minimum(u["artist_heavy"] / p.heavy_full, 1.0)
+        # an account's share of that evidence grows with its own plays today: a
+        # listener who plays a viral hit 3 times is heavy, a bot plays it 30 times
+        w_t = np.minimum(u["pair_track"] / (p.own_plays_full * F.heavy_track), 1.0)
+        w_a = np.minimum(u["pair_artist"] / (p.own_plays_full * F.heavy_artist), 1.0)
+        ev_boost = np.maximum(np.where(u["pair_track"] >= F.heavy_track, w_t * T_track, 0.0),
+                              np.where(u["pair_artist"] >= F.heavy_artist, w_a * T_art, 0.0))
         ua, uinv = u["uacc"], u["uinv"]
         c = F.accounts.cols_
         bmax = np.zeros(len(ua))
@@ -375,6 +382,24 @@ class CatalogFraudModel:
                                           n, p.p_new_artist),
             "loop_catalog_share": binom_llr(c["loopart"][ua].astype(np.float64), n, p.p_loop_catalog),
         }
+        return terms, T_track, ev_boost
+
+    def process(self, batch: PlayBatch) -> list[Alert]:
+        """Update catalog features, score accounts / tracks / groups, return alerts."""
+        if not len(batch):
+            return []
+        p = self.params
+        F = self.features
+        u = F.update(batch)
+        alerts: list[Alert] = []
+        if len(u["idx"]) == 0:
+            if self.score_sink is not None:
+                self.score_sink(self.stage, batch, np.zeros(len(batch)))
+            return alerts
+        terms, T_track, ev_boost = self.terms(u)
+        ua, uinv = u["uacc"], u["uinv"]
+        c = F.accounts.cols_
+        n = c["n"][ua].astype(np.float64)
         score = np.sum(list(terms.values()), axis=0)
         if self.score_sink is not None:
             ev = np.zeros(len(batch))
@@ -385,7 +410,8 @@ class CatalogFraudModel:
         ids = F.accounts.ids_
         typical = {"listener_concentration": p.p_heavy, "coplay_share": p.p_coplay,
                    "new_artist_share": p.p_new_artist, "loop_catalog_share": p.p_loop_catalog}
-        for j in np.flatnonzero(score >= p.threshold).tolist():
+        thr = p.threshold if p.catalog_threshold is None else p.catalog_threshold
+        for j in np.flatnonzero(score >= thr).tolist():
             acc = ids[ua[j]]
             evj = np.flatnonzero(uinv == j)
             t = float(ts[evj].max())
@@ -405,7 +431,7 @@ class CatalogFraudModel:
                  "plays_of_top_track_today": int(u["pair_track"][kb]),
                  "sample_event_ids": [batch.event_id[idx[i]] for i in evj[:5].tolist()],
                  "terms": {k: round(float(terms[k][j]), 2) for k in terms}},
-                float(rts[evj].max()), p.threshold))
+                float(rts[evj].max()), thr))
         alerts.extend(self._track_alerts(batch, u, T_track, rts))
         alerts.extend(self._group_alerts(batch, u, terms["coplay_share"], rts))
         self.n_batches_ += 1
@@ -433,7 +459,7 @@ class CatalogFraudModel:
             heavy = float(u["track_heavy"][ev].max())
             lis = float(u["track_listeners"][ev].max())
             heavy_accounts = sorted({batch.account_id[u["idx"][i]] for i in ev
-                                     if u["pair_track"][i] >= self.features.heavy_track})
+                                     if u["pair_track"][i] >= p.own_plays_full * self.features.heavy_track})
             out.append(_alert(
                 "track_boost", "track", tid, t, float(T_track[ev].max()), ["listener_concentration"],
                 _feature_dict([("heavy_listener_share", heavy / max(lis, 1.0), p.p_heavy),

@@ -43,6 +43,12 @@ def table(result: dict) -> str:
     lines.append(f"- false alerts per 1,000 benign accounts per day: core "
                  f"{result['core']['false_alerts_per_1000_benign_per_day']:.2f}; "
                  + "; ".join(f"{n} {bl[n]['false_alerts_per_1000_benign_per_day']:.2f}" for n in names))
+    thr = result.get("thresholds")
+    if thr:
+        cal = thr.get("calibration")
+        how = (f"calibrated: {cal['budget_per_1000_per_day']} false alerts per 1,000 accounts per day on a clean "
+               f"stream of {cal['accounts']:,} accounts x {cal['days']:.1f} days") if cal else "fixed defaults"
+        lines.append(f"- alert thresholds (nats): account {thr['account']:.2f}, catalog {thr['catalog']:.2f} ({how})")
     lines.append(f"- hard negatives flagged: " + ", ".join(
         f"{k} {v['flagged']}/{v['accounts']}" for k, v in result.get("hard_negatives", {}).items()))
     lines.append(f"- events {result['events']:,}, accounts {result['accounts']:,}, days {result['days']:.1f}, "
