@@ -92,8 +92,8 @@ def register(app: typer.Typer) -> None:
         batch_seconds: float = typer.Option(300.0, help="micro-batch event-time span cap (s); 0: none"),
         no_baselines: bool = typer.Option(False, help="skip the three baselines"),
         calibrate_budget: float = typer.Option(
-            0.5, help="set alert thresholds from this many false alerts per 1,000 accounts per day on a clean "
-                      "simulated stream (needs the real data); 0: the fixed FraudParams defaults"),
+            0.0, help="set alert thresholds from this many false alerts per 1,000 accounts per day on a clean "
+                      "simulated stream (needs the real data), e.g. 0.5; 0: the fixed FraudParams defaults"),
         calibration_days: int = typer.Option(7, help="days of the clean calibration stream"),
         data_dir: Optional[Path] = typer.Option(None),
     ) -> None:
