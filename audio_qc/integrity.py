@@ -12,7 +12,8 @@ frame's CRC-16, frame numbering, the STREAMINFO sample count) in a compiled
 loop, instead of a second full decode by ffmpeg; MP3 still goes through ffmpeg.
 
 Every function returns a list of :class:`Finding` (empty when intact) and never
-raises on hostile bytes.
+raises on hostile bytes. ``data`` may be ``bytes`` or a read-only ``mmap`` of
+the file (what :func:`audio_qc.analyze.analyze_path` passes).
 
 Sources: RFC 3533 (Ogg encapsulation: page layout, CRC-32 polynomial
 0x04C11DB7, unreflected, initial value 0); Microsoft RIFF/WAVE; FLAC format
