@@ -268,3 +268,41 @@ def test_coplay_poisson_tail_equals_scipy_sf():
     cnt = rng.integers(1, 40, 500)
     lam = rng.random(500) * 10 + 0.05
     assert np.array_equal(pdtrc((cnt - 1).astype(np.float64), lam), poisson.sf(cnt - 1, lam))
+
+
+def ref_novel(c, a, h, ts, key, tkey, day=86400.0):
+    known = c[key][a] == h[:, None]
+    miss = ~known.any(axis=1) & (h != 0)
+    if miss.any():
+        seen = set()
+        for s, v, t in dict.fromkeys(zip(a[miss].tolist(), h[miss].tolist(), ts[miss].tolist())):
+            if (s, v) in seen:
+                continue
+            seen.add((s, v))
+            j = int(c["rr"][s, 0]) % 3
+            c[key][s, j] = v
+            c[tkey][s, j] = t
+            c["rr"][s, 0] = (j + 1) % 3
+        known = c[key][a] == h[:, None]
+    tfirst = np.where(known, c[tkey][a], np.inf).min(axis=1)
+    return (h != 0) & (ts - tfirst < day)
+
+
+def test_novel_values_scan_matches_numpy_reference():
+    from stream.fraud.features_account import AccountFeatures
+
+    f = AccountFeatures()
+    a_all = f.accounts.lookup([f"acc{i}" for i in range(30)])
+    t0 = 1.7e9
+    for step in range(6):  # several batches: values age, recur and get evicted
+        n = 400
+        a = a_all[rng.integers(0, 30, n)]
+        h = rng.integers(0, 7, n).astype(np.uint32)  # 0 = absent; up to 6 values > 3 kept
+        ts = np.sort(t0 + step * 40_000 + rng.random(n) * 30_000)
+        ref_cols = {k: v.copy() for k, v in f.accounts.cols_.items()}
+        want = ref_novel(ref_cols, a, h, ts, "dev", "dev_t")
+        got = f._novel(a, h, ts, "dev", "dev_t")
+        assert np.array_equal(got, want)
+        for k in ("dev", "dev_t", "rr"):
+            assert np.array_equal(f.accounts.cols_[k], ref_cols[k])
+    assert not f._novel(a, np.zeros(n, np.uint32), ts, "ip", "ip_t").any()

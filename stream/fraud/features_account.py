@@ -49,6 +49,7 @@ from __future__ import annotations
 import zlib
 from itertools import repeat
 
+import numba as nb
 import numpy as np
 
 from stream.batch import PlayBatch
@@ -120,6 +121,19 @@ def _crc(values, cache: dict | None = None) -> np.ndarray:
         cache.update(zip(vals, h))
         out[miss] = h
     return out.astype(np.uint32)
+
+
+@nb.njit
+def _first_seen_scan(vals, times, a, h, out):
+    """``out[i]``: first-seen time of value ``h[i]`` among account ``a[i]``'s
+    recent values (``vals``/``times`` (capacity, k)), ``inf`` when absent."""
+    for i in range(len(a)):
+        s = a[i]
+        t = np.inf
+        for j in range(vals.shape[1]):
+            if vals[s, j] == h[i] and times[s, j] < t:
+                t = times[s, j]
+        out[i] = t
 
 
 class AccountFeatures:
@@ -329,8 +343,12 @@ class AccountFeatures:
         """Per event: is value ``h`` of account ``a`` first seen < 24 h ago.
         Inserts unseen values (3 most recent kept per account)."""
         c = self.accounts.cols_
-        known = c[key][a] == h[:, None]
-        miss = ~known.any(axis=1) & (h != 0)
+        nz = h != 0
+        if not nz.any():
+            return nz
+        tfirst = np.empty(len(a))
+        _first_seen_scan(c[key], c[tkey], a, h, tfirst)
+        miss = np.isinf(tfirst) & nz
         if miss.any():
             pairs = dict.fromkeys(zip(a[miss].tolist(), h[miss].tolist(), ts[miss].tolist()))
             seen = set()
@@ -342,9 +360,8 @@ class AccountFeatures:
                 c[key][s, j] = v
                 c[tkey][s, j] = t
                 c["rr"][s, 0] = (j + 1) % 3
-            known = c[key][a] == h[:, None]
-        tfirst = np.where(known, c[tkey][a], np.inf).min(axis=1)
-        return (h != 0) & (ts - tfirst < DAY)
+            _first_seen_scan(c[key], c[tkey], a, h, tfirst)
+        return nz & (ts - tfirst < DAY)
 
     def _fanin(self, table: SlotTable, hll: list[HLLBank], ids, a, ts, day) -> np.ndarray:
         """Update an IP / device table; per-event distinct accounts (today and
