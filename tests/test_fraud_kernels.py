@@ -23,7 +23,7 @@ from stream.fraud.sketches import (
     mix64,
     stable_hash64,
 )
-from stream.fraud.slots import SlotTable, decay_add, scatter_add, scatter_add2, scatter_max, scatter_max2, scatter_min
+from stream.fraud.slots import SlotTable, decay_add, group_index, scatter_add, scatter_add2, scatter_max, scatter_max2, scatter_min
 
 rng = np.random.default_rng(11)
 
@@ -306,3 +306,18 @@ def test_novel_values_scan_matches_numpy_reference():
         for k in ("dev", "dev_t", "rr"):
             assert np.array_equal(f.accounts.cols_[k], ref_cols[k])
     assert not f._novel(a, np.zeros(n, np.uint32), ts, "ip", "ip_t").any()
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+def test_group_index_matches_np_unique_groups(dtype):
+    for n in (0, 1, 7, 3000):
+        keys = rng.integers(0, max(n // 3, 1), n).astype(dtype)
+        if dtype == np.uint64 and n:
+            keys[: n // 2] = mix64(keys[: n // 2])  # large keys with the top bit set
+        first, inv, counts = group_index(keys)
+        u, ufirst, uinv, ucnt = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+        assert len(first) == len(u) and inv.shape == (n,)
+        # first-appearance order: first indices ascending and every key's first event
+        assert np.all(np.diff(first) > 0) and sorted(first.tolist()) == sorted(ufirst.tolist())
+        assert np.array_equal(keys[first][inv], keys)
+        assert np.array_equal(counts[inv], ucnt[uinv])

@@ -46,7 +46,7 @@ from scipy.special import pdtrc
 from stream.batch import UNKNOWN_IDS, PlayBatch
 from stream.fraud.evidence import binom_llr
 from stream.fraud.sketches import HLLBank, RotatingCountMin, combine
-from stream.fraud.slots import SlotTable, decay_add, scatter_add, scatter_max, scatter_min
+from stream.fraud.slots import SlotTable, decay_add, group_index, scatter_add, scatter_max, scatter_min
 
 DAY = 86400.0
 TAU_DAY = 12 * 3600.0
@@ -90,7 +90,8 @@ class _EntityState:
         for b in self.hll:
             b.resize(t.capacity)
         c = t.cols_
-        us, uinv = np.unique(s, return_inverse=True)
+        first, uinv, _ = group_index(s)  # per-entity work is order-free: no sort
+        us = s[first]
         # newest time and day, oldest time of each entity in the batch
         tmax = np.full(len(us), -np.inf)
         scatter_max(tmax, uinv, ts)
@@ -128,7 +129,7 @@ class _EntityState:
         if cross.any():
             # one crossing per unique pair: pair_batch_count counts the pair's plays in the batch
             keys = combine(acc_hash[cross], self.table.hash_[s[cross]])
-            _, first_idx = np.unique(keys, return_index=True)
+            first_idx = group_index(keys)[0]
             scatter_add(c["heavy"], s[cross][first_idx], 1)
         listeners = self.hll[0].estimate(us, self.hll[1])[uinv]
         heavy = c["heavy"][s].astype(np.float64)
@@ -206,8 +207,8 @@ class CatalogFeatures:
         self.pair_artist.add(ka, day)
         pt = self.pair_track.query(kt, day)
         pa = self.pair_artist.query(ka, day)
-        _, kinv, kcnt = np.unique(kt, return_inverse=True, return_counts=True)
-        _, ainv, acnt = np.unique(ka, return_inverse=True, return_counts=True)
+        _, kinv, kcnt = group_index(kt)
+        _, ainv, acnt = group_index(ka)
         s_t, lt, ht = self.tracks.update(None, ts, day, ah, pt, kcnt[kinv], self.heavy_track, is3040, ts_slots)
         s_a, la, ha = self.artists.update(None, ts, day, ah, pa, acnt[ainv], self.heavy_artist, is3040, ar_slots)
         # lockstep co-plays: distinct accounts per (track, bucket) cell, judged
@@ -218,7 +219,7 @@ class CatalogFeatures:
         k3 = combine(kc, ah)
         seen = self.coplay_acc.query(k3, hour)
         self.coplay_acc.add(k3, hour)
-        _, first3 = np.unique(k3, return_index=True)
+        first3 = group_index(k3)[0]  # count-min adds commute: any order
         newcell = first3[seen[first3] == 0]
         self.coplay.add(kc[newcell], hour[newcell])
         cnt = self.coplay.query(kc, hour)

@@ -205,7 +205,8 @@ class HLLBank:
 
     def clear(self, slots: np.ndarray) -> None:
         """Empty the registers of ``slots``."""
-        self.reg_[slots] = 0
+        if len(slots):
+            self.reg_[slots] = 0
 
     def add(self, slots: np.ndarray, hashes: np.ndarray) -> None:
         """Add hashed items (uint64, shape (n,)) to entities ``slots`` (n,)."""

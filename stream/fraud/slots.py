@@ -20,7 +20,7 @@ from itertools import repeat
 import numba as nb
 import numpy as np
 
-from stream.fraud.sketches import stable_hash64
+from stream.fraud.sketches import _mix64_one, stable_hash64
 
 
 @nb.njit
@@ -86,6 +86,60 @@ def decay_add(col, slots, f, inv, w):
     for j in range(m):
         s = slots[j]
         col[s] = col[s] * f[j] + np.float32(acc[j])
+
+
+@nb.njit
+def _group_kernel(keys, first, inv, counts):
+    n = len(keys)
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    mask = np.uint64(size - 1)
+    tkeys = np.empty(size, np.uint64)
+    tgid = np.full(size, -1, np.int64)
+    g = 0
+    for i in range(n):
+        k = keys[i]
+        h = np.int64(_mix64_one(k) & mask)
+        while True:
+            gid = tgid[h]
+            if gid < 0:
+                tgid[h] = g
+                tkeys[h] = k
+                first[g] = i
+                inv[i] = g
+                counts[g] = 1
+                g += 1
+                break
+            if tkeys[h] == k:
+                inv[i] = gid
+                counts[gid] += 1
+                break
+            h = (h + np.int64(1)) & np.int64(size - 1)
+    return g
+
+
+def group_index(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Groups of equal keys in order of first appearance (hash table, O(n)).
+
+    Args:
+        keys: int64 or uint64 (n,).
+
+    Returns:
+        ``(first, inv, counts)``: index of each group's first event (g,),
+        group of each event int64 (n,), events per group (g,). The same
+        groups as ``np.unique(keys, return_index=True, return_inverse=True,
+        return_counts=True)`` without sorting (groups in first-appearance
+        order, not key order).
+    """
+    k = np.ascontiguousarray(keys).view(np.uint64) if np.asarray(keys).dtype.itemsize == 8 \
+        else np.asarray(keys, np.int64).view(np.uint64)
+    n = len(k)
+    first = np.empty(n, np.int64)
+    inv = np.empty(n, np.int64)
+    counts = np.empty(n, np.int64)
+    g = _group_kernel(k, first, inv, counts)
+    return first[:g], inv, counts[:g]
 
 
 class SlotTable:
