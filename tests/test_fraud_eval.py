@@ -78,6 +78,9 @@ def test_eval_subsample_one_scenario_one_level():
     assert {s for s in lab.scenario if s and not s.startswith("hardneg")} == {"loop30:L0"}
     assert lab.batch.ip.count(None) == 0 and lab.batch.country.count(None) == 0  # no leaked labels
     res = evaluate(lab, baselines=True)
+    # the background grew with benign clones until fraud is at most the 3 % default
+    assert 0.02 < res["fraud_event_share"] <= 0.03 and res["accounts"] > 60
+    assert 0 < res["fraud_account_share"] < 0.2
     r = res["core"]["per_scenario"]["loop30:L0"]
     assert r["pr_auc_account"] >= 0.95
     assert r["recall"] == 1.0
