@@ -8,6 +8,7 @@ the summation order differs).
 from __future__ import annotations
 
 import hashlib
+import zlib
 
 import numpy as np
 import pytest
@@ -321,3 +322,24 @@ def test_group_index_matches_np_unique_groups(dtype):
         assert np.all(np.diff(first) > 0) and sorted(first.tolist()) == sorted(ufirst.tolist())
         assert np.array_equal(keys[first][inv], keys)
         assert np.array_equal(counts[inv], ucnt[uinv])
+
+
+def test_hll_clear_rows_by_index_or_mask_and_crc_of_absent_columns():
+    from stream.fraud.features_account import _crc
+
+    bank = HLLBank(6)
+    bank.resize(5)
+    bank.add(np.repeat(np.arange(5), 50), mix64(np.arange(250, dtype=np.uint64)))
+    before = bank.reg_.copy()
+    bank.clear(np.array([1, 3]))
+    assert not bank.reg_[[1, 3]].any() and np.array_equal(bank.reg_[[0, 2, 4]], before[[0, 2, 4]])
+    bank.clear(np.array([True, False, False, False, False]))
+    assert not bank.reg_[0].any() and bank.reg_[2].any()
+    bank.clear(np.zeros(0, np.int64))
+    assert bank.reg_[2].any()
+    vals = ["SE", None, "", "FR", "SE"]
+    want = np.array([zlib.crc32(v.encode()) | 1 if v else 0 for v in vals], np.uint32)
+    cache: dict = {}
+    assert np.array_equal(_crc(vals, cache), want) and np.array_equal(_crc(vals, cache), want)
+    assert np.array_equal(_crc(vals), want)
+    assert np.array_equal(_crc([None] * 4, cache), np.zeros(4, np.uint32))

@@ -106,6 +106,8 @@ def _crc(values, cache: dict | None = None) -> np.ndarray:
     it is emptied when it passes 200,000 entries.
     """
     n = len(values)
+    if isinstance(values, list) and values.count(None) == n:  # column absent (C-speed identity compares)
+        return np.zeros(n, np.uint32)
     if cache is None:
         return np.fromiter((zlib.crc32(v.encode()) | 1 if v else 0 for v in values), np.uint32, n)
     out = np.fromiter(map(cache.get, values, repeat(-1, n)), np.int64, n)
@@ -285,8 +287,8 @@ class AccountFeatures:
         c["last_ctry"][la[newer]] = ctry_s[last][newer]
         # ---- new device / IP / country
         acct_age = ts - c["first_seen"][a]
-        hist = c["hour_hist"][a]
-        p_hour = (hist[np.arange(n), hod] + 0.5) / (hist.sum(axis=1) + 12.0)
+        # per event: the hour's share of its account's histogram (row sums per account)
+        p_hour = (c["hour_hist"][a, hod] + 0.5) / (c["hour_hist"][slots].sum(axis=1)[inv] + 12.0)
         odd = np.maximum(0.0, -np.log(p_hour) - np.log(24.0))
         newdev = self._novel(a, dev, ts, "dev", "dev_t") & (acct_age > 2 * DAY)
         newip = self._novel(a, ipc, ts, "ip", "ip_t") & (acct_age > 2 * DAY)

@@ -91,6 +91,12 @@ def _mix64_one(z):
 
 
 @nb.njit
+def _zero_rows(a, rows):
+    for i in range(len(rows)):
+        a[rows[i], :] = 0
+
+
+@nb.njit
 def _combine_kernel(a, b, out):
     for i in range(len(a)):
         out[i] = _mix64_one((a[i] * np.uint64(0x9E3779B97F4A7C15)) ^ _mix64_one(b[i]))
@@ -204,9 +210,12 @@ class HLLBank:
             self.reg_ = np.vstack([self.reg_, np.zeros((capacity - n, self.m), np.uint8)])
 
     def clear(self, slots: np.ndarray) -> None:
-        """Empty the registers of ``slots``."""
+        """Empty the registers of ``slots`` (int indices or a boolean mask)."""
+        slots = np.asarray(slots)
+        if slots.dtype == bool:
+            slots = np.flatnonzero(slots)
         if len(slots):
-            self.reg_[slots] = 0
+            _zero_rows(self.reg_, slots.astype(np.int64, copy=False))
 
     def add(self, slots: np.ndarray, hashes: np.ndarray) -> None:
         """Add hashed items (uint64, shape (n,)) to entities ``slots`` (n,)."""
