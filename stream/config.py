@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     commit_interval_s: float = 2.0
     #: State snapshots per partition are written at least this often (s).
     snapshot_interval_s: float = 5.0
+    #: Upper bound of the stretched snapshot interval (s): the interval grows
+    #: to 20x the snapshots' cost, but never past this, so commits (and the
+    #: records re-read after a crash) lag by at most this much.
+    snapshot_max_interval_s: float = 60.0
     #: Longest time a fetch request may wait at the broker for new records
     #: (ms). Faust hard-codes 1500 ms; the embedded broker (Tansu) holds a
     #: parked fetch for its whole wait even when records arrive meanwhile, so

@@ -47,6 +47,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -60,6 +61,11 @@ from stream.runtime import PartitionRuntime, StageOutput
 from stream.snapshots import SnapshotAssembler, encode_snapshot
 
 log = logging.getLogger("playguard.driver")
+
+#: One thread encodes every snapshot: snapshots are serialised, and glibc
+#: keeps one extra malloc arena for their buffers rather than one per
+#: thread of asyncio's default executor.
+_SNAPSHOT_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="playguard-snapshot")
 
 
 async def read_snapshots(settings: Settings, timeout_s: float = 30.0) -> SnapshotAssembler:
@@ -290,18 +296,20 @@ class StageDriver:
 
     def due_partitions(self) -> list[int]:
         """Partitions with pending acks whose snapshot interval has passed,
-        most overdue first. A partition's interval is ``snapshot_interval_s``,
-        stretched to 20x its last snapshot's cost, so snapshots of a large
-        state take at most ~5% of the stage's time (commits lag accordingly).
-        A partition never snapshotted counts from the driver's start."""
+        most overdue first. The interval is ``snapshot_interval_s``, stretched
+        to 20x the summed cost of the last snapshot of every partition, so
+        snapshots of a large state take at most ~5% of the stage's time
+        (commits lag accordingly), up to ``snapshot_max_interval_s``. A
+        partition never snapshotted counts from the driver's start."""
         now = time.monotonic()
-        base = self.settings.snapshot_interval_s
+        st = self.settings
+        interval = min(max(st.snapshot_interval_s, 20.0 * sum(self.snapshot_cost_s.values())),
+                       max(st.snapshot_interval_s, st.snapshot_max_interval_s))
         over = []
         for p in self.pending:
             if p not in self.runtimes:
                 continue
             last = self.last_snapshot.get(p, self._started)
-            interval = max(base, 20.0 * self.snapshot_cost_s.get(p, 0.0))
             if now - last >= interval:
                 over.append((now - last - interval, p))
         return [p for _, p in sorted(over, reverse=True)]
@@ -409,7 +417,8 @@ class StageDriver:
             if rt is None:
                 continue
             t0 = time.monotonic()
-            recs, _seq, state_s = await asyncio.to_thread(self._encode, rt, p)
+            recs, _seq, state_s = await asyncio.get_running_loop().run_in_executor(
+                _SNAPSHOT_THREAD, self._encode, rt, p)
             t1 = time.monotonic()
             futs = [await self.topics["changelog"].send(key=key, value=value, force=True) for key, value in recs]
             if futs:
@@ -448,4 +457,5 @@ class StageDriver:
                 self.runtimes.pop(p, None)
                 self.pending.pop(p, None)
                 self.last_snapshot.pop(p, None)
+                self.snapshot_cost_s.pop(p, None)
             self.lock.release()

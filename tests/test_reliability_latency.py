@@ -3,7 +3,8 @@
 * the worker's consumer is built with ``Settings.consumer_fetch_max_wait_ms``
   (Faust hard-codes 1500 ms; the embedded broker parks a fetch for all of it);
 * snapshots are staggered (one due partition per batch, most overdue first,
-  interval stretched to 20x the partition's last snapshot cost), encoded in a
+  interval stretched to 20x the summed cost of the partitions' last
+  snapshots), encoded in a
   worker thread, and ack exactly the events they cover, after the alerts of
   those events are produced;
 * the latency trace writes batch, alert, snapshot and GC rows.
@@ -152,10 +153,18 @@ def test_snapshots_are_staggered_threaded_and_ack_only_what_they_cover(tmp_path)
         now = time.monotonic()
         d.last_snapshot.update({0: now - 6.0, 1: now - 1.0, 2: now - 9.0})
         assert d.due_partitions() == [2, 0]
-        # a partition whose snapshot cost 0.5 s waits 20 x 0.5 = 10 s
-        d.snapshot_cost_s[2] = 0.5
-        assert d.due_partitions() == [0]
-        d.snapshot_cost_s[2] = 0.0
+        # snapshots costing 0.2 + 0.3 s in all stretch the interval to 20 x 0.5 = 10 s
+        d.snapshot_cost_s.update({0: 0.2, 2: 0.3})
+        assert d.due_partitions() == []
+        d.last_snapshot[2] = now - 10.5
+        assert d.due_partitions() == [2]
+        # ... but never past snapshot_max_interval_s (60 s)
+        d.snapshot_cost_s.update({0: 20.0, 2: 30.0})
+        d.last_snapshot[2] = now - 59.0
+        assert d.due_partitions() == []
+        d.last_snapshot[2] = now - 61.0
+        assert d.due_partitions() == [2]
+        d.snapshot_cost_s.clear()
         ev2 = _events({0: [2], 2: [3]}, log)
         await d.handle(ev2)
         return ev1, ev2
@@ -167,7 +176,7 @@ def test_snapshots_are_staggered_threaded_and_ack_only_what_they_cover(tmp_path)
     snaps = [x for x in log if x[0] == "send" and x[1] == "changelog"]
     assert [k for _, _, k in snaps] == [b"account/2/0"]
     # the state was captured off the event loop's thread
-    assert rts[2].state_threads and all(t != threading.main_thread().name for t in rts[2].state_threads)
+    assert rts[2].state_threads and all(t.startswith("playguard-snapshot") for t in rts[2].state_threads)
     # the alerts of partition 2's records were sent before the snapshot that acks them
     first_ack = log.index(("ack", 2, 0))
     assert log.index(("send", "changelog", b"account/2/0")) < first_ack
