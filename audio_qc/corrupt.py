@@ -12,6 +12,8 @@ one variant per kind of damage with the defect code QC must report:
 | ``flac_byte_flips`` | FLAC with 8 random bytes XOR-ed in its frames | ``decode_error`` |
 | ``clip_full_scale`` | gain +12 dB, clipped at +-1.0 | ``clipping`` |
 | ``clip_attenuated`` | the same, then -6 dB | ``clipping`` |
+| ``clip_lossy`` | gain +12 dB, clipped at +-1.0, encoded to Ogg Vorbis (libvorbis q4) | ``clipping`` |
+| ``clip_attenuated_lossy`` | the same with -6 dB after clipping, then Vorbis | ``clipping`` |
 | ``gap`` | three dropouts of 50-300 ms of digital silence in loud passages | ``gap`` |
 | ``clicks`` | five single-sample impulses of +-0.5 in random places | ``click`` |
 | ``dc_offset`` | +0.05 added to one channel | ``dc_offset`` |
@@ -28,11 +30,15 @@ one variant per kind of damage with the defect code QC must report:
 Signal damage is applied to a 30 s excerpt (from 25 % into the track) and
 written as 32-bit float WAV, which keeps the decoded samples exactly (lossy
 decodes exceed full scale; a 16-bit file would clip them and create clipping
-where none was made).
+where none was made). The two lossy clipping variants are re-encoded with
+ffmpeg's libvorbis (Debian ``ffmpeg``), as a clipped master delivered as Ogg
+Vorbis would be: the codec smears the flat tops, and the decode overshoots
+full scale.
 """
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +78,26 @@ def _loud_positions(x: np.ndarray, sr: int, k: int, rng: np.random.Generator) ->
     top = np.argsort(-e)[: max(k * 4, k)]
     pick = rng.choice(top, size=k, replace=False)
     return sorted(int(b) * hop + hop // 2 for b in pick)
+
+
+def encode_vorbis(y: np.ndarray, sr: int, path: Path, quality: int = 4) -> None:
+    """Encode float samples to Ogg Vorbis with ffmpeg (libvorbis, VBR ``-q:a quality``).
+
+    Args:
+        y: shape (n_samples, n_channels), full scale 1.0.
+        sr: sample rate, Hz.
+        path: output ``.ogg`` file.
+
+    Raises:
+        subprocess.CalledProcessError: if ffmpeg fails (e.g. no libvorbis).
+    """
+    tmp = path.with_suffix(".src.wav")
+    sf.write(str(tmp), y, sr, subtype="FLOAT")
+    try:
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(tmp), "-c:a", "libvorbis",
+                        "-q:a", str(quality), str(path)], check=True, timeout=300, capture_output=True)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def make_variants(src: Path, out_dir: Path, rng: np.random.Generator, excerpt_s: float = 30.0,
@@ -143,6 +169,11 @@ def make_variants(src: Path, out_dir: Path, rng: np.random.Generator, excerpt_s:
         wav("clip_full_scale", np.clip(ex * 4.0, -1.0, 1.0), "clipping")
     if want("clip_attenuated"):
         wav("clip_attenuated", (np.clip(ex * 4.0, -1.0, 1.0) * 0.5).astype(np.float32), "clipping")
+    for kind, att in (("clip_lossy", 1.0), ("clip_attenuated_lossy", 0.5)):
+        if want(kind):
+            p = out_dir / f"{stem}.{kind}.ogg"
+            encode_vorbis((np.clip(ex * 4.0, -1.0, 1.0) * att).astype(np.float32), sr, p)
+            out.append(Variant(p, "clipping", kind))
     if want("gap"):
         y = ex.copy()
         for pos in _loud_positions(ex, sr, 3, rng):

