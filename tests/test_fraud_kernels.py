@@ -130,7 +130,9 @@ def test_count_min_add_query_match_numpy_and_sparse_clear_is_full_clear():
     assert cm.query(np.zeros(0, np.uint64)).shape == (0,)
     # few keys: sparse clear; then many keys: full clear; both leave all zeros
     cm.clear()
-    assert not cm.table_.any()
+    assert not cm.table_.any() and cm.nbytes() == cm.table_.nbytes
+    cm.add(np.arange(10, dtype=np.uint64))
+    assert cm.nbytes() == cm.table_.nbytes + 80
     cm.add(rng.integers(0, 10 ** 9, width).astype(np.uint64))
     assert cm._added is None
     cm.clear()

@@ -281,7 +281,7 @@ class CatalogFeatures:
         for ent in (self.tracks, self.artists):
             b += ent.table.nbytes() + sum(h.reg_.nbytes for h in ent.hll)
         for r in (self.pair_track, self.pair_artist, self.coplay, self.coplay_acc):
-            b += sum(x.table_.nbytes for x in r.banks)
+            b += sum(x.nbytes() for x in r.banks)
         return b
 
     def state_dict(self) -> dict:

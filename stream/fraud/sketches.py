@@ -301,6 +301,11 @@ class CountMin:
         self._added = []
         self._n_added = 0
 
+    def nbytes(self) -> int:
+        """Bytes held: the counters and the log of keys added since the last
+        clear (at most ``width / 4`` keys, for the sparse clear)."""
+        return self.table_.nbytes + sum(k.nbytes for k in (self._added or ()))
+
     def set_table(self, table: np.ndarray) -> None:
         """Replace the counters (int32 (depth, width)), e.g. from a snapshot.
 
