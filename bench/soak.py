@@ -14,8 +14,11 @@ Issue 13, "Load". Steps, on the embedded broker (or ``--bootstrap``):
    for ``--minutes`` (default 10), sampling every ``--every`` seconds the
    worker's RSS (``/proc/<pid>/status``), consumer lag
    (``playguard_consumer_lag_records`` on ``plays`` and, as ``lag_fwd``, on
-   ``plays.by_artist``, from fetch high watermarks) and the
-   ``playguard_alert_latency_seconds`` histogram;
+   ``plays.by_artist``, from fetch high watermarks), the
+   ``playguard_alert_latency_seconds`` histogram and the CPU used by the
+   worker, the broker and this process (the producer), as a share of one core
+   (``/proc/<pid>/stat``), so a run on a shared machine shows whether the
+   worker got the CPU the rate needs;
 4. report RSS growth after the warm-up (first ``--warmup`` fraction of the
    soak), p50/p99 alert latency over the soak window (bucket counts at the end
    minus those at the start, interpolated as PromQL ``histogram_quantile``
