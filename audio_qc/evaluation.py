@@ -44,8 +44,13 @@ def _codes(report: QCReport) -> set[str]:
 
 
 def recall_on_variants(tracks: list[Path], scratch: Path, seed: int = 0, kinds: set[str] | None = None,
-                       excerpt_s: float = 30.0) -> tuple[dict[str, tuple[int, int]], list[tuple[str, str, list[str]]]]:
+                       excerpt_s: float = 30.0, by_kind: dict[str, list[int]] | None = None,
+                       ) -> tuple[dict[str, tuple[int, int]], list[tuple[str, str, list[str]]]]:
     """Recall per expected code over damaged variants of ``tracks``.
+
+    Args:
+        by_kind: if given, filled with ``kind -> [found, total]`` per kind of
+            damage (e.g. ``clip_lossy`` apart from ``clip_full_scale``).
 
     Returns:
         ``(per_code, misses)``: ``per_code[code] = (found, total)``; ``misses``
@@ -59,7 +64,12 @@ def recall_on_variants(tracks: list[Path], scratch: Path, seed: int = 0, kinds: 
             rep = check_file(v.path, file_id=v.path.name, uri=str(v.path), declared=v.declared)
             got = _codes(rep)
             per[v.expected][1] += 1
-            if v.expected in got:
+            hit = v.expected in got
+            if by_kind is not None:
+                k = by_kind.setdefault(v.kind, [0, 0])
+                k[0] += hit
+                k[1] += 1
+            if hit:
                 per[v.expected][0] += 1
             else:
                 misses.append((v.path.name, v.expected, sorted(got)))

@@ -413,11 +413,22 @@ def _lpc_click_events(x, block, order, lam, gate, min_score, floor):  # pragma: 
             hh += a[k] * a[k]
         h2[b] = hh
         if s0 >= p:
-            for i in range(s0, s0 + block):
-                acc3 = x[i]
+            # four outputs at a time: independent accumulators hide the FMA latency
+            for i in range(s0, s0 + block, 4):
+                c0 = x[i]
+                c1 = x[i + 1]
+                c2 = x[i + 2]
+                c3 = x[i + 3]
                 for k in range(p):
-                    acc3 -= af[k] * x[i - 1 - k]
-                e[i] = acc3
+                    ak = af[k]
+                    c0 -= ak * x[i - 1 - k]
+                    c1 -= ak * x[i - k]
+                    c2 -= ak * x[i + 1 - k]
+                    c3 -= ak * x[i + 2 - k]
+                e[i] = c0
+                e[i + 1] = c1
+                e[i + 2] = c2
+                e[i + 3] = c3
         else:
             for i in range(s0, s0 + block):
                 acc3 = x[i]
@@ -517,14 +528,22 @@ def click_events(x: np.ndarray, th: Thresholds = DEFAULT_THRESHOLDS, block: int 
     Args:
         x: one channel, shape (n_samples,), float32 (converted if not).
         th: thresholds (``click_lpc_lambda``).
-        block: analysis block, samples (1024: 21-23 ms at 44.1-48 kHz).
+        block: analysis block, samples, a multiple of 4 (1024: 21-23 ms at
+            44.1-48 kHz).
         order: AR model order.
         min_score: smallest score returned.
 
     Returns:
         ``(index, score, amplitude, explained)``, each shape (n_events,)
         (at most 1024 events per channel, earliest first).
+
+    Raises:
+        ValueError: if ``block`` is not a positive multiple of 4 or
+            ``order`` is not in [1, block).
     """
+    if block <= 0 or block % 4 or not 0 < order < block:
+        raise ValueError(f"click_events: block must be a positive multiple of 4 and 0 < order < block, "
+                         f"got block={block}, order={order}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     if len(x) < 2 * block:
         z = np.zeros(0)

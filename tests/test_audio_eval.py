@@ -28,7 +28,10 @@ SHORTFALL_FLOOR = {"clipping": 0.5}
 
 def test_recall_per_code_on_damaged_variants(tmp_path):
     track = next(AUDIO.rglob("elf-land.ogg"))
-    per, misses = recall_on_variants([track], tmp_path, seed=1, excerpt_s=20.0)
+    by_kind: dict[str, list[int]] = {}
+    per, misses = recall_on_variants([track], tmp_path, seed=1, excerpt_s=20.0, by_kind=by_kind)
+    assert by_kind["clip_lossy"][1] == by_kind["clip_attenuated_lossy"][1] == 1
+    assert by_kind["clip_full_scale"] == [1, 1] and by_kind["clicks"] == [1, 1]
     expected_codes = {"truncated", "decode_error", "clipping", "gap", "click", "dc_offset", "polarity_inverted",
                       "dual_mono", "bandwidth_limited", "loudness_out_of_range", "silence", "leading_silence",
                       "trailing_silence", "sample_rate_mismatch", "channel_mismatch", "duration_mismatch"}
