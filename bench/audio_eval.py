@@ -2,7 +2,7 @@
 damaged variants, false-positive rate per check on the clean tracks.
 
 Usage: ``.venv/bin/python bench/audio_eval.py [--tracks N] [--seed S]``
-(default: every stereo track of ``<data_dir>/audio``; 27 variants per track,
+(default: every stereo track of ``<data_dir>/audio``; 25 variants per track,
 each QC'd in the sandbox, two of them Vorbis re-encodes of clipped audio).
 Prints the false-positive table, the recall per code and per kind of damage,
 and the targets (recall >= 0.98 per code, false positives <= 2 % per check).
