@@ -39,6 +39,7 @@ from stream.config import Settings
 from stream.fraud.evidence import binom_llr, poisson_llr
 from stream.fraud.features_account import FEATURE_NAMES, AccountFeatures
 from stream.fraud.features_catalog import CatalogFeatures
+from stream.fraud.slots import scatter_max
 from stream.schemas import Alert, AlertKind, Severity, group_entity_id, window_alert_id, window_bounds
 
 #: Alert window of the play-fraud detectors (s): one UTC day.
@@ -238,9 +239,10 @@ class AccountFraudModel:
         alerts: list[Alert] = []
         ts = np.asarray(batch.ts)
         tmax = np.full(len(slots), -np.inf)
-        np.maximum.at(tmax, inv, ts)
+        inv64 = np.asarray(inv, np.int64)
+        scatter_max(tmax, inv64, np.asarray(ts, np.float64))
         rmax = np.full(len(slots), -np.inf)
-        np.maximum.at(rmax, inv, np.asarray(batch.record_ts))
+        scatter_max(rmax, inv64, np.asarray(batch.record_ts, np.float64))
         ids = self.features.accounts.ids_
         hit = np.flatnonzero(score >= p.threshold)
         names = list(terms)
@@ -370,7 +372,7 @@ class CatalogFraudModel:
         bmax = np.zeros(len(ua))
         np.maximum.at(bmax, uinv, ev_boost)
         dmax = np.full(len(ua), -1, np.int64)
-        np.maximum.at(dmax, uinv, u["day"])
+        scatter_max(dmax, np.asarray(uinv, np.int64), np.asarray(u["day"], np.int64))
         same = c["day"][ua] == dmax
         c["boost"][ua] = np.where(same, np.maximum(c["boost"][ua], bmax), bmax)
         c["day"][ua] = np.maximum(c["day"][ua], dmax)
