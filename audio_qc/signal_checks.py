@@ -141,6 +141,23 @@ def check_silence(
     return out
 
 
+@nb.njit(nogil=True, fastmath={"nnan", "ninf", "reassoc"})
+def _block_abs_max(ch, block):  # pragma: no cover - compiled
+    """Max |x| over all channels of each whole ``block``-sample block,
+    shape (n_samples // block,): one pass, no |x| copy of the file."""
+    c, n = ch.shape
+    nbk = n // block
+    out = np.zeros(nbk, np.float32)
+    for k in range(c):
+        for b in range(nbk):
+            m = out[b]
+            s0 = b * block
+            for i in range(s0, s0 + block):
+                m = max(m, abs(ch[k, i]))
+            out[b] = m
+    return out
+
+
 def check_gaps(ch: np.ndarray, sr: int, block_lufs: np.ndarray, th: Thresholds = DEFAULT_THRESHOLDS,
                block: int = 256) -> list[Defect]:
     """``gap``: runs of digital silence (>= ``gap_min_s``) inside the music.
@@ -160,7 +177,7 @@ def check_gaps(ch: np.ndarray, sr: int, block_lufs: np.ndarray, th: Thresholds =
     need = int(th.gap_min_s * sr)
     if nb == 0 or need <= 0:
         return []
-    bmax = np.abs(ch[:, : nb * block].reshape(c, nb, block)).max(axis=2).max(axis=0)
+    bmax = _block_abs_max(np.ascontiguousarray(ch, dtype=np.float32), block)
     bs, be = _runs(bmax <= th.gap_level)
     keep = (be - bs) * block >= need - 2 * block
     found = []
@@ -227,13 +244,33 @@ def flat_runs(x: np.ndarray, min_run: int, peak: float | None = None) -> tuple[i
     if peak <= 0.0:
         return 0, 0.0
     thr = peak * (1 - 1e-6)
-    idx = np.flatnonzero((x >= thr) | (x <= -thr))
-    if len(idx) < min_run:
-        return 0, peak
-    v = x[idx]
-    same = (np.diff(idx) == 1) & (v[1:] == v[:-1])
-    s, e = _runs(same)
-    return int(np.sum((e - s + 1) >= min_run)), peak
+    x = np.ascontiguousarray(x)
+    # compared in the samples' dtype, as numpy compares an array with a Python float
+    return int(_flat_run_count(x, x.dtype.type(thr), max(min_run, 2))), peak
+
+
+@nb.njit(nogil=True)
+def _flat_run_count(x, thr, min_run):  # pragma: no cover - compiled
+    """Runs of >= ``min_run`` consecutive identical samples with |x| >= ``thr``
+    (one pass, no index or mask arrays)."""
+    count = 0
+    run = 0
+    for i in range(x.shape[0]):
+        v = x[i]
+        if v >= thr or v <= -thr:
+            if run > 0 and v == x[i - 1]:
+                run += 1
+            else:
+                if run >= min_run:
+                    count += 1
+                run = 1
+        else:
+            if run >= min_run:
+                count += 1
+            run = 0
+    if run >= min_run:
+        count += 1
+    return count
 
 
 def _bump(edges: np.ndarray, counts: np.ndarray, lo: float = 0.7, hi: float = 1.1,
@@ -255,6 +292,35 @@ def _bump(edges: np.ndarray, counts: np.ndarray, lo: float = 0.7, hi: float = 1.
     lvl = 0.5 * float(e[k] + e[k + 1])
     mass = float((np.interp(lvl * 1.05, edges, cum) - np.interp(lvl * 0.95, edges, cum)) / n)
     return prom, mass, lvl
+
+
+@nb.njit(nogil=True)
+def _signed_histogram(x, scale, bins, stride):  # pragma: no cover - compiled
+    """Counts of ``clip(trunc(x[::stride] * scale), -bins, bins) + bins``,
+    shape (2 bins + 1,), float64: one pass, no temporary arrays (the numpy
+    form built three strided copies of the channel)."""
+    bc = np.zeros(2 * bins + 1)
+    for i in range(0, x.shape[0], stride):
+        q = int(x[i] * scale)
+        if q < -bins:
+            q = -bins
+        elif q > bins:
+            q = bins
+        bc[q + bins] += 1.0
+    return bc
+
+
+@nb.njit(nogil=True, fastmath={"reassoc", "contract"})
+def _side_energies(l, r):  # pragma: no cover - compiled
+    """(sum (l - r)^2, sum (l + r)^2) in float64, one pass, no temporaries."""
+    d2 = 0.0
+    m2 = 0.0
+    for i in range(l.shape[0]):
+        a = np.float64(l[i])
+        b = np.float64(r[i])
+        d2 += (a - b) * (a - b)
+        m2 += (a + b) * (a + b)
+    return d2, m2
 
 
 def amplitude_pile_up(x: np.ndarray, peak: float, bins: int = 1024, stride: int = 2) -> list[tuple[float, float, float]]:
@@ -290,10 +356,7 @@ def amplitude_pile_up(x: np.ndarray, peak: float, bins: int = 1024, stride: int 
     """
     if not peak > 0.0:
         return [(0.0, 0.0, 0.0), (0.0, 0.0, 0.0)]
-    y = x[::stride]
-    q = (y * np.float32(bins / peak)).astype(np.int32)
-    np.clip(q, -bins, bins, out=q)
-    bc = np.bincount(q + bins, minlength=2 * bins + 1).astype(np.float64)
+    bc = _signed_histogram(np.ascontiguousarray(x, dtype=np.float32), np.float32(bins / peak), bins, stride)
     edges = np.arange(bins + 1) * (peak / bins)
     pos = bc[bins + 1 :].copy()
     neg = bc[:bins][::-1].copy()
@@ -365,7 +428,11 @@ def _lpc_click_events(x, block, order, lam, gate, min_score, floor):  # pragma: 
     n = x.shape[0]
     nbk = n // block
     p = order
-    e = np.zeros(n, np.float32)
+    # ring of four blocks of prediction error: block b is analysed while the
+    # matched filter runs on block b - 1 (it reads blocks b - 2 .. b), so the
+    # residual of the whole channel never exists (it cost page faults)
+    ring = 4 * block
+    e = np.zeros(ring, np.float32)
     sig = np.zeros(max(nbk, 1))
     hs = np.zeros((max(nbk, 1), p + 1))
     h2 = np.ones(max(nbk, 1))
@@ -377,79 +444,6 @@ def _lpc_click_events(x, block, order, lam, gate, min_score, floor):  # pragma: 
     a = np.zeros(p)
     af = np.zeros(p, np.float32)
     tmp = np.zeros(p)
-    for b in range(nbk):
-        s0 = b * block
-        for i in range(block):
-            buf[i] = x[s0 + i] * win[i]
-        for k in range(p + 1):
-            acc = np.float32(0.0)
-            for i in range(k, block):
-                acc += buf[i] * buf[i - k]
-            r[k] = acc
-        for k in range(p):
-            a[k] = 0.0
-        if r[0] > 0.0:
-            # white-noise correction: bounds the whitening gain where a band is empty
-            r[0] *= 1.0 + lam
-            err = r[0]
-            for i in range(p):  # Levinson-Durbin recursion
-                acc2 = r[i + 1]
-                for j in range(i):
-                    acc2 -= a[j] * r[i - j]
-                kk = acc2 / err
-                for j in range(i):
-                    tmp[j] = a[j] - kk * a[i - 1 - j]
-                for j in range(i):
-                    a[j] = tmp[j]
-                a[i] = kk
-                err *= 1.0 - kk * kk
-                if err <= 0.0:
-                    break
-        hs[b, 0] = 1.0
-        hh = 1.0
-        for k in range(p):
-            hs[b, k + 1] = -a[k]
-            af[k] = a[k]
-            hh += a[k] * a[k]
-        h2[b] = hh
-        if s0 >= p:
-            # four outputs at a time: independent accumulators hide the FMA latency
-            for i in range(s0, s0 + block, 4):
-                c0 = x[i]
-                c1 = x[i + 1]
-                c2 = x[i + 2]
-                c3 = x[i + 3]
-                for k in range(p):
-                    ak = af[k]
-                    c0 -= ak * x[i - 1 - k]
-                    c1 -= ak * x[i - k]
-                    c2 -= ak * x[i + 1 - k]
-                    c3 -= ak * x[i + 2 - k]
-                e[i] = c0
-                e[i + 1] = c1
-                e[i + 2] = c2
-                e[i + 3] = c3
-        else:
-            for i in range(s0, s0 + block):
-                acc3 = x[i]
-                for k in range(p):
-                    if i - 1 - k >= 0:
-                        acc3 -= af[k] * x[i - 1 - k]
-                e[i] = acc3
-        # robust scale: mean |e| without the samples above 8x the plain mean
-        m1 = np.float32(0.0)
-        for i in range(s0, s0 + block):
-            m1 += abs(e[i])
-        m1 /= block
-        cut = np.float32(8.0) * m1
-        m2 = np.float32(0.0)
-        c2 = 0
-        for i in range(s0, s0 + block):
-            v = abs(e[i])
-            if v <= cut:
-                m2 += v
-                c2 += 1
-        sig[b] = m2 / c2 if c2 > 0 else m1
     cap = 1024
     idx = np.empty(cap, np.int64)
     sc = np.empty(cap)
@@ -457,7 +451,82 @@ def _lpc_click_events(x, block, order, lam, gate, min_score, floor):  # pragma: 
     ex = np.empty(cap)
     ne = 0
     last = -(1 << 40)
-    for b in range(nbk):
+    for bb in range(nbk + 1):
+        if bb < nbk:
+            b = bb
+            s0 = b * block
+            eo = (b % 4) * block
+            for i in range(block):
+                buf[i] = x[s0 + i] * win[i]
+            for k in range(p + 1):
+                acc = np.float32(0.0)
+                for i in range(k, block):
+                    acc += buf[i] * buf[i - k]
+                r[k] = acc
+            for k in range(p):
+                a[k] = 0.0
+            if r[0] > 0.0:
+                # white-noise correction: bounds the whitening gain where a band is empty
+                r[0] *= 1.0 + lam
+                err = r[0]
+                for i in range(p):  # Levinson-Durbin recursion
+                    acc2 = r[i + 1]
+                    for j in range(i):
+                        acc2 -= a[j] * r[i - j]
+                    kk = acc2 / err
+                    for j in range(i):
+                        tmp[j] = a[j] - kk * a[i - 1 - j]
+                    for j in range(i):
+                        a[j] = tmp[j]
+                    a[i] = kk
+                    err *= 1.0 - kk * kk
+                    if err <= 0.0:
+                        break
+            hs[b, 0] = 1.0
+            hh = 1.0
+            for k in range(p):
+                hs[b, k + 1] = -a[k]
+                af[k] = a[k]
+                hh += a[k] * a[k]
+            h2[b] = hh
+            if s0 >= p:
+                # k outer, i inner: each tap is one vectorised pass over the block
+                # (in L1), the same summation order per output as a direct FIR
+                for i in range(block):
+                    e[eo + i] = x[s0 + i]
+                for k in range(p):
+                    ak = af[k]
+                    off = s0 - 1 - k
+                    for i in range(block):
+                        e[eo + i] -= ak * x[off + i]
+            else:
+                for i in range(s0, s0 + block):
+                    acc3 = x[i]
+                    for k in range(p):
+                        if i - 1 - k >= 0:
+                            acc3 -= af[k] * x[i - 1 - k]
+                    e[eo + i - s0] = acc3
+            # robust scale: mean |e| without the samples above 8x the plain mean
+            m1 = np.float32(0.0)
+            for i in range(s0, s0 + block):
+                m1 += abs(e[eo + i - s0])
+            m1 /= block
+            cut = np.float32(8.0) * m1
+            m2 = np.float32(0.0)
+            c2 = 0
+            for i in range(s0, s0 + block):
+                v = abs(e[eo + i - s0])
+                if v <= cut:
+                    m2 += v
+                    c2 += 1
+            sig[b] = m2 / c2 if c2 > 0 else m1
+        else:  # past the last block: zeros, as after the end of the channel
+            eo = (bb % 4) * block
+            for i in range(block):
+                e[eo + i] = 0.0
+        b = bb - 1
+        if b < 0:
+            continue
         sl = sig[b]
         if b > 0 and sig[b - 1] > sl:
             sl = sig[b - 1]
@@ -468,19 +537,21 @@ def _lpc_click_events(x, block, order, lam, gate, min_score, floor):  # pragma: 
         g = gate * sl
         nrm = sl * np.sqrt(h2[b])
         s0 = b * block
+        eo = (b % 4) * block
         hi = min(s0 + block, n - 2 * p - 1)
         for i in range(s0, hi):
-            if abs(e[i]) <= g:
+            if abs(e[eo + i - s0]) <= g:
                 continue
             acc4 = 0.0
             for k in range(p + 1):
-                acc4 += hs[b, k] * e[i + k]
+                acc4 += hs[b, k] * e[(i + k) % ring]
             s = abs(acc4) / nrm
             if s < min_score:
                 continue
             en = 0.0
             for j in range(max(0, i - p), i + 2 * p + 1):
-                en += e[j] * e[j]
+                ej = e[j % ring]
+                en += ej * ej
             q = (acc4 * acc4 / h2[b]) / en if en > 0.0 else 0.0
             if ne > 0 and i - last <= p:
                 last = i
@@ -539,10 +610,10 @@ def click_events(x: np.ndarray, th: Thresholds = DEFAULT_THRESHOLDS, block: int 
 
     Raises:
         ValueError: if ``block`` is not a positive multiple of 4 or
-            ``order`` is not in [1, block).
+            ``order`` is not in [1, block / 2].
     """
-    if block <= 0 or block % 4 or not 0 < order < block:
-        raise ValueError(f"click_events: block must be a positive multiple of 4 and 0 < order < block, "
+    if block <= 0 or block % 4 or not 0 < 2 * order <= block:
+        raise ValueError(f"click_events: block must be a positive multiple of 4 and 0 < 2 order <= block, "
                          f"got block={block}, order={order}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     if len(x) < 2 * block:
@@ -641,11 +712,8 @@ def check_stereo(
     if ch.shape[0] < 2:
         return []
     out = []
-    l, r = ch[0], ch[1]
-    d = l - r
-    m = l + r
-    diff = float(np.dot(d, d))
-    summ = float(np.dot(m, m))
+    diff, summ = _side_energies(np.ascontiguousarray(ch[0], dtype=np.float32),
+                                np.ascontiguousarray(ch[1], dtype=np.float32))
     if summ > 0 and np.sqrt(diff / summ) < th.dual_mono_ratio:
         out.append(Defect(code="dual_mono", severity=Severity.warning,
                           detail=f"left and right are identical (difference {10 * np.log10(max(diff, 1e-30) / summ):.0f} dB)"))
