@@ -492,13 +492,14 @@ def _lpc_click_events(x, block, order, lam, gate, min_score, floor):  # pragma: 
             if s0 >= p:
                 # k outer, i inner: each tap is one vectorised pass over the block
                 # (in L1), the same summation order per output as a direct FIR
+                eb = e[eo : eo + block]
                 for i in range(block):
-                    e[eo + i] = x[s0 + i]
+                    eb[i] = x[s0 + i]
                 for k in range(p):
                     ak = af[k]
-                    off = s0 - 1 - k
-                    for i in range(block):
-                        e[eo + i] -= ak * x[off + i]
+                    xk = x[s0 - 1 - k : s0 - 1 - k + block]
+                    for i in range(block):  # views indexed from 0: no wraparound test, vectorised
+                        eb[i] -= ak * xk[i]
             else:
                 for i in range(s0, s0 + block):
                     acc3 = x[i]
