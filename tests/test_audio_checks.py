@@ -219,3 +219,27 @@ def test_clipping_survives_a_lossy_encode(tmp_path):
         assert bool(clip) == want, (name, got)
         if want:
             assert "lossy" in clip[0]["detail"]  # no flat runs survive the codec
+
+
+def test_click_events_at_block_edges_and_in_the_last_block():
+    """The kernel keeps only a ring of four residual blocks: impulses on block
+    boundaries, in the first block and in the last whole block (next to the
+    tail) must all be found, at their own sample, with their amplitude."""
+    from audio_qc.signal_checks import click_events
+
+    rng = np.random.default_rng(5)
+    n = 1024 * 40 + 300  # 300-sample tail after the last whole block
+    t = np.arange(n) / 44100
+    x = (0.2 * np.sin(2 * np.pi * 220 * t) + 0.01 * rng.standard_normal(n)).astype(np.float32)
+    pos = [200, 1023, 2048, 4095, 20480, 1024 * 39 + 500, 1024 * 40 - 1]
+    for p in pos:
+        x[p] += 0.5
+    idx, score, amp, _ = click_events(x)
+    assert sorted(idx[score >= 20].tolist()) == pos
+    # the last sample of the last whole block: the matched filter sees only
+    # the residual up to the end of that block (the tail is not analysed)
+    assert sorted(idx[score >= 50].tolist()) == pos[:-1]
+    for p in pos[:-1]:
+        assert abs(float(amp[idx == p][0]) - 0.5) < 0.1
+    with pytest.raises(ValueError):
+        click_events(x, order=600)
