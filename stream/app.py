@@ -7,14 +7,20 @@
                    └─▶ plays.by_artist ──▶ [catalog_stage] ──▶ alerts, changelog
     audio.ingested ──▶ [audio_stage] ──▶ qc.reports, alerts, deadletter, changelog
 
-Agents are thin adapters: each takes micro-batches with
-``stream.noack().take_events(...)`` and hands them to a driver
-(:mod:`stream.driver`, :mod:`stream.audio_stage`) that runs the plain-Python
-core and acks only after alerts and snapshots are produced.
+The two play stages do not go through Faust's per-event path (Conductor,
+``Event`` objects, stream queues, ``take_events``: about 130 us per record on
+two cores). The worker's consumer (:func:`_consumer_class`) hands every
+fetched record list of ``plays`` and ``plays.by_artist`` to a
+:class:`BatchIntake`, and one task per stage takes micro-batches from it and
+hands them to its :class:`~stream.driver.StageDriver`, which acks each message
+only after its alerts are produced and a snapshot covers it. Faust still owns
+the consumer group, rebalances, offsets and commits. The audio stage (a few
+records a second) keeps Faust's agent with ``stream.noack().take_events``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import tempfile
@@ -55,12 +61,196 @@ def _consumer_thread_class(fetch_max_wait_ms: int):
     return ConsumerThread
 
 
+class BatchIntake:
+    """Buffer of fetched messages of one input topic, taken by its stage in
+    micro-batches (replaces Faust's per-event Conductor -> stream -> ``take_events``
+    path for the play stages).
+
+    :meth:`put` is called by the consumer's drain loop with the records of one
+    partition from one fetch; :meth:`take` waits for the first message, then up
+    to ``within_s`` for ``max_records``, and returns them in arrival order
+    (offset order within a partition). Each message carries one reference
+    (``refcount`` 1), dropped by the stage's ack after its snapshot, which lets
+    Faust commit it. Messages of an older consumer generation (fetched before
+    a rebalance) are dropped unacked, as Faust's own stream does; their new
+    owner reads them again from the committed offset.
+
+    Back-pressure: :meth:`put` waits while more than ``max_buffered`` messages
+    are waiting, so the fetcher stops reading ahead (Faust's
+    ``stream_buffer_maxsize`` plays this role on the per-event path).
+
+    Args:
+        max_buffered: messages held before :meth:`put` waits.
+        generation: ``generation()`` is the consumer's current generation id
+            (None: no check).
+
+    Raises:
+        ValueError: if ``max_buffered`` is not positive.
+    """
+
+    def __init__(self, max_buffered: int = 8192, generation=None):
+        if max_buffered <= 0:
+            raise ValueError("max_buffered must be positive")
+        self.max_buffered = max_buffered
+        self.generation = generation
+        self.items: list = []
+        self._ready = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    async def put(self, messages: list, stop_waiting=None) -> None:
+        """Append ``messages`` (each with one reference taken); wait while the
+        buffer is over ``max_buffered`` (until ``stop_waiting`` resolves, if
+        given: Faust's ``suspend_flow`` during a rebalance)."""
+        if not messages:
+            return
+        self.items.extend(messages)
+        self._ready.set()
+        if len(self.items) > self.max_buffered:
+            self._space.clear()
+            if stop_waiting is None:
+                await self._space.wait()
+            else:
+                waiter = asyncio.ensure_future(self._space.wait())
+                other = asyncio.ensure_future(stop_waiting)
+                try:
+                    await asyncio.wait([waiter, other], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                    other.cancel()
+
+    async def take(self, max_records: int, within_s: float) -> list:
+        """Wait for at least one message, then up to ``within_s`` seconds for
+        ``max_records``; return at most ``max_records`` messages (possibly none
+        when every waiting message was of an older generation)."""
+        while not self.items:
+            self._ready.clear()
+            await self._ready.wait()
+        if len(self.items) < max_records and within_s > 0:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + within_s
+            while len(self.items) < max_records:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                self._ready.clear()
+                try:
+                    await asyncio.wait_for(self._ready.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+        out = self.items[:max_records]
+        del self.items[:max_records]
+        if len(self.items) <= self.max_buffered:
+            self._space.set()
+        if self.generation is not None and out:
+            gen = self.generation()
+            if any(m.generation_id != gen for m in out):
+                out = [m for m in out if m.generation_id == gen]
+        return out
+
+    def clear(self) -> int:
+        """Drop every waiting message unacked (on revocation: Faust seeks
+        every partition back to its committed offset). Returns how many."""
+        n = len(self.items)
+        self.items = []
+        self._space.set()
+        return n
+
+
+def _consumer_class(thread_cls):
+    """Faust's aiokafka ``Consumer`` whose drain loop hands whole fetched
+    record lists of the topics in ``app.intakes`` to their
+    :class:`BatchIntake`.
+
+    Faust's ``Consumer._drain_messages`` (faust-streaming 0.15.3) awaits, per
+    record, ``wait_first(callback(message), suspend_flow.wait())`` (two
+    tasks), then the Conductor decodes it into an ``Event``, queues it on the
+    agent's channel, and the stream's ``take_events`` calls the sensors and
+    builds the batch again: most of the worker's CPU per play at soak rates
+    (RELIABILITY.md, "Soak"). This loop keeps Faust's bookkeeping per fetch:
+    records older than the partition's read offset are dropped, offset gaps
+    are registered for commits (``_add_gap``), ``broker_commit_every`` is
+    honoured, and paused/buffered partitions are respected. Records of other
+    topics (``audio.ingested``) still take Faust's per-event path.
+    """
+
+    class Consumer(faust_aiokafka.Consumer):
+        def _new_consumer_thread(self):
+            return thread_cls(self, loop=self.loop, beacon=self.beacon)
+
+        async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - runs in a live worker
+            intakes: dict = getattr(self.app, "intakes", None) or {}
+            if not intakes:
+                return await super()._drain_messages(fetcher)
+            callback = self.callback
+            consumer_should_stop = self._stopped.is_set
+            fetcher_should_stop = fetcher._stopped.is_set
+            read_offset = self._read_offset
+            acks_enabled_for = self.app.topics.acks_enabled_for
+            to_message = self._to_message
+            try:
+                while not (consumer_should_stop() or fetcher_should_stop()):
+                    records, active = await self._wait_next_records(1.0)
+                    await asyncio.sleep(0)
+                    if not records or self.should_stop:
+                        continue
+                    if self._commit_every is not None and self._n_acked >= self._commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    generation = self.app.consumer_generation_id
+                    for tp, recs in records.items():
+                        if not self.flow_active or self.app.consumer_generation_id != generation:
+                            break
+                        if active is not None and tp not in active and tp not in self._buffered_partitions:
+                            continue
+                        intake = intakes.get(tp.topic)
+                        r_off = read_offset[tp]
+                        if intake is None:  # Faust's per-event path
+                            for rec in recs:
+                                if r_off is None or rec.offset >= r_off:
+                                    if r_off and rec.offset - r_off > 1 and acks_enabled_for(tp.topic):
+                                        await self._add_gap(tp, r_off + 1, rec.offset)
+                                    await self.wait_first(callback(to_message(tp, rec)), self.suspend_flow.wait())
+                                    r_off = rec.offset
+                                    read_offset[tp] = r_off
+                            continue
+                        msgs = []
+                        for rec in recs:
+                            off = rec.offset
+                            if r_off is not None and off < r_off:
+                                continue
+                            if r_off and off - r_off > 1:
+                                await self._add_gap(tp, r_off + 1, off)
+                            m = to_message(tp, rec)
+                            m.refcount = 1  # the stage's reference, dropped by its ack
+                            msgs.append(m)
+                            r_off = off
+                        if msgs:
+                            read_offset[tp] = r_off
+                            await intake.put(msgs, self.suspend_flow.wait())
+            except self.consumer_stopped_errors:
+                if self.transport.app.should_stop:
+                    return
+                raise
+            except asyncio.CancelledError:
+                if self.transport.app.should_stop:
+                    return
+                raise
+
+    return Consumer
+
+
 class PlayGuardApp(faust.App):
     """Faust app that drains its drivers (snapshot, then ack) before the
     consumer commits and stops, and sets the consumer's fetch wait
     (``Settings.consumer_fetch_max_wait_ms``, see :func:`_consumer_thread_class`)."""
 
     drivers: list = []
+    #: input topic name -> :class:`BatchIntake` (filled by the consumer's drain loop)
+    intakes: dict = {}
     fetch_max_wait_ms: int = 50
     gc_freeze: bool = True
 
@@ -81,14 +271,10 @@ class PlayGuardApp(faust.App):
         """Faust's aiokafka transport, with the consumer fetch wait of the settings."""
         thread_cls = _consumer_thread_class(self.fetch_max_wait_ms)
 
-        class Consumer(faust_aiokafka.Consumer):
-            def _new_consumer_thread(self):
-                return thread_cls(self, loop=self.loop, beacon=self.beacon)
-
         class Transport(faust_aiokafka.Transport):
             pass
 
-        Transport.Consumer = Consumer
+        Transport.Consumer = _consumer_class(thread_cls)
         return Transport(self.conf.broker_consumer, self)
 
     async def on_stop(self) -> None:
@@ -174,14 +360,18 @@ def create_app(
 
         return hw
 
+    def ack(message) -> None:
+        message.ack(app.consumer)  # drops the intake's reference: Faust may commit it
+
     account = StageDriver(
         "account", account_partition_factory(s, lambda: build_account_model(s, models)),
         s, metrics, out, t.plays, audit_path, owns=owner(t.plays), highwater=highwater(t.plays), trace=trace,
+        ack=ack,
     )
     catalog = StageDriver(
         "catalog", catalog_partition_factory(s, lambda: build_catalog_model(s, models)),
         s, metrics, out, t.plays_by_artist, audit_path, owns=owner(t.plays_by_artist),
-        highwater=highwater(t.plays_by_artist), trace=trace,
+        highwater=highwater(t.plays_by_artist), trace=trace, ack=ack,
     )
     app.drivers.extend([account, catalog])
     detectors = {
@@ -190,15 +380,33 @@ def create_app(
         "audio_qc": [],
     }
 
-    @app.agent(plays, name="account_stage")
-    async def account_stage(stream):
-        async for events in stream.noack().take_events(s.batch_max_records, within=s.batch_within_s):
-            await account.handle(events)
+    # the play stages: the consumer's drain loop fills one intake per input
+    # topic (see BatchIntake); one task per stage feeds its driver
+    def generation() -> int:
+        return app.consumer_generation_id
 
-    @app.agent(by_artist, name="catalog_stage")
-    async def catalog_stage(stream):
-        async for events in stream.noack().take_events(s.batch_max_records, within=s.batch_within_s):
-            await catalog.handle(events)
+    max_buffered = max(4096, 4 * s.batch_max_records)
+    app.intakes = {t.plays: BatchIntake(max_buffered, generation),
+                   t.plays_by_artist: BatchIntake(max_buffered, generation)}
+    for topic in (plays, by_artist):
+        topic.__aiter__()  # subscribe: adds an iterator clone to the Conductor (acks enabled)
+
+    def runner(intake: BatchIntake, driver: StageDriver):
+        async def run() -> None:
+            while True:
+                msgs = await intake.take(s.batch_max_records, s.batch_within_s)
+                if not msgs:
+                    continue
+                try:
+                    await driver.handle(msgs)
+                except Exception:  # noqa: BLE001 - unacked messages are re-read by the next owner
+                    log.exception("%s stage batch failed", driver.stage)
+
+        run.__name__ = f"{driver.stage}_stage"
+        return run
+
+    app.task(runner(app.intakes[t.plays], account))
+    app.task(runner(app.intakes[t.plays_by_artist], catalog))
 
     topics_in = [t.plays, t.plays_by_artist]
     if audio:
@@ -227,6 +435,8 @@ def create_app(
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_, revoked, **kwargs):
+        for intake in app.intakes.values():
+            intake.clear()
         for topic, driver in by_topic.items():
             await driver.on_revoked({tp.partition for tp in revoked if tp.topic == topic})
 

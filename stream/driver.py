@@ -4,7 +4,9 @@ A :class:`StageDriver` holds the :class:`~stream.runtime.PartitionRuntime` of
 every partition its worker owns and enforces the delivery contract of
 CONVENTIONS.md, "State and offsets move together":
 
-1. records arrive through ``stream.noack().take_events(...)``;
+1. records arrive as micro-batches of Faust ``ConsumerMessage`` objects
+   from the worker's :class:`~stream.app.BatchIntake` (each holding one
+   reference that only the driver's ack drops);
 2. a partition seen for the first time is restored from its newest complete
    snapshot in ``changelog`` (records it already covers are skipped);
 3. the batch is processed, and its dead letters, alerts and forwards are
@@ -25,10 +27,10 @@ Faust's ``take_events`` acks every event of a batch by itself when the agent
 asks for the next batch, even on a ``noack()`` stream (faust-streaming 0.15.3,
 ``Stream.take_events``), so a commit could run ahead of the snapshot; a crash
 then restored an older snapshot and resumed after it, losing the state of the
-records in between (found by ``tests/test_reliability_crash.py``). The driver
-therefore takes one extra reference on each message (``Message.incref``):
-Faust's own ack only drops that count back, and the final ack, the one that
-lets Faust commit, is the driver's, after the snapshot.
+records in between (found by ``tests/test_reliability_crash.py``). The play
+stages therefore no longer use Faust's per-event stream at all: the intake
+gives each message exactly one reference, and the only ack, the one that lets
+Faust commit, is the driver's, after the snapshot.
 
 Events of a partition this worker no longer owns (buffered before a
 revocation) are neither processed nor acked: their new owner reads them again.
@@ -193,6 +195,9 @@ class StageDriver:
         highwater: ``highwater(partition)``, the input partition's high
             watermark from fetch responses or None (trace only).
         trace: optional :class:`LatencyTrace`.
+        ack: ``ack(message)`` releases one processed message for commit
+            (the worker passes ``message.ack(app.consumer)``); None calls
+            ``message.ack()``.
     """
 
     def __init__(
@@ -207,7 +212,9 @@ class StageDriver:
         owns: Callable[[int], bool] | None = None,
         highwater: Callable[[int], int | None] | None = None,
         trace: LatencyTrace | None = None,
+        ack: Callable[[object], object] | None = None,
     ):
+        self._ack = ack if ack is not None else (lambda m: m.ack())
         self.owns = owns
         self.highwater = highwater
         self.trace = trace
@@ -229,19 +236,18 @@ class StageDriver:
         self._audit_fh = open(audit_path, "a", buffering=1) if audit_path else None
 
     async def handle(self, events: list) -> None:
-        """Process one ``take_events`` micro-batch (events of any partitions).
+        """Process one micro-batch of messages (of any partitions, each in
+        offset order): objects with ``topic``, ``partition``, ``offset``,
+        ``key``, ``value`` and ``timestamp`` (Unix s), acked through ``ack``.
 
         Each partition is processed and its alerts, dead letters and forwards
-        are sent at once; all sends are awaited before the events join the
+        are sent at once; all sends are awaited before the messages join the
         pending (to be acked after a snapshot) list. Then at most one due
         partition is snapshotted (:meth:`due_partitions`)."""
         t_entry = time.time()
         by_part: dict[int, list] = defaultdict(list)
-        for e in events:
-            # hold one reference until our own ack: take_events acks the
-            # batch by itself when it resumes (see module docstring)
-            e.message.incref()
-            by_part[e.message.partition].append(e)
+        for m in events:
+            by_part[m.partition].append(m)
         async with self.lock:
             t_locked = time.time()
             if self.stopping:
@@ -259,7 +265,8 @@ class StageDriver:
             done: list = []
             process_s = 0.0
             for p, evs in by_part.items():
-                evs.sort(key=lambda e: e.message.offset)
+                if any(evs[i].offset > evs[i + 1].offset for i in range(len(evs) - 1)):
+                    evs.sort(key=lambda m: m.offset)
                 r = await self._run_partition(p, evs, futs)
                 if r is not None:
                     done.append(r)
@@ -277,7 +284,7 @@ class StageDriver:
                 await self._snapshot_locked(due[:1], "interval")
                 snap_s = time.time() - t0
         if self.trace is not None and events:
-            ts = [e.message.timestamp for e in events if e.message.timestamp]
+            ts = [m.timestamp for m in events if m.timestamp]
             lag = {}
             if self.highwater is not None:
                 for p in by_part:
@@ -325,10 +332,7 @@ class StageDriver:
         rt = self.runtimes.get(p)
         if rt is None:  # dropped by a revocation that could not wait for the lock
             return None
-        recs = [
-            Record(e.message.topic, p, e.message.offset, e.message.key, e.message.value, e.message.timestamp)
-            for e in evs
-        ]
+        recs = [Record(m.topic, p, m.offset, m.key, m.value, m.timestamp) for m in evs]
         t0 = time.perf_counter()
         out = rt.process(recs)
         dt = time.perf_counter() - t0
@@ -355,8 +359,8 @@ class StageDriver:
             for et, n in self._entity_counts().items():
                 m.state_entities.labels(stage=self.stage, entity_type=et).set(n)
         if self._audit_fh and evs:
-            self._audit_fh.write(json.dumps({"stage": self.stage, "partition": p, "first": evs[0].message.offset,
-                                             "last": evs[-1].message.offset, "n": len(evs), "skipped": out.skipped,
+            self._audit_fh.write(json.dumps({"stage": self.stage, "partition": p, "first": evs[0].offset,
+                                             "last": evs[-1].offset, "n": len(evs), "skipped": out.skipped,
                                              "valid": out.valid, "t": time.time()}) + "\n")
         if p in self.runtimes:  # not revoked meanwhile: ack after the next snapshot
             self.pending[p].extend(evs)
@@ -425,8 +429,9 @@ class StageDriver:
                 await asyncio.gather(*futs)
             evs = self.pending.pop(p, [])
             if self.runtimes.get(p) is rt:  # only what a snapshot now covers is acked
-                for e in evs:
-                    e.ack()
+                ack = self._ack
+                for m in evs:
+                    ack(m)
             now = time.monotonic()
             self.last_snapshot[p] = now
             self.snapshot_cost_s[p] = now - t0

@@ -21,11 +21,14 @@ buckets; memory is bounded by ``dedupe_max_ids`` and the number of buckets.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Callable, Sequence
 
+import msgspec
 import numpy as np
 from pydantic import ValidationError
 
@@ -82,6 +85,14 @@ class DeadLetter:
             ("partition", str(r.partition).encode()),
             ("offset", str(r.offset).encode()),
         ]
+
+
+def _iso(ts: float) -> str:
+    """ISO 8601 UTC spelling of Unix seconds ``ts`` (dead-letter details)."""
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return repr(ts)
 
 
 def _hash64(event_id: str) -> int:
@@ -158,6 +169,93 @@ class Dedupe:
         self.size_ = sum(len(s) for s in self.sets_.values())
 
 
+class _PlayWire(msgspec.Struct, forbid_unknown_fields=True):
+    """The common, canonical spelling of a :class:`PlayEvent` (the fast path).
+
+    Same fields and limits as :class:`PlayEvent` (msgspec counts string
+    lengths in code points, as pydantic does), but stricter: ``ts`` must be a
+    string (checked by :data:`_CANONICAL_TS`), flags must be JSON booleans,
+    integers JSON integers. A record this rejects is not dead-lettered on that
+    ground: it is decoded again by :class:`PlayEvent` (pydantic), which
+    accepts the looser spellings and gives the dead-letter reason.
+    """
+
+    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    ts: str
+    account_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    track_id: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+    artist_id: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+    ms_played: Annotated[int, msgspec.Meta(ge=0, le=MAX_MS_PLAYED)]
+    track_duration_ms: Annotated[int, msgspec.Meta(ge=0, le=MAX_MS_PLAYED)] | None = None
+    platform: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    device_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    ip: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    country: str | None = None
+    reason_start: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    reason_end: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    shuffle: bool | None = None
+    skipped: bool | None = None
+    offline: bool | None = None
+
+
+_WIRE_DECODER = msgspec.json.Decoder(_PlayWire)
+#: RFC 3339 UTC times as producers write them (``playguard replay``:
+#: ``2024-05-01T12:00:00.123Z``); any other spelling goes to pydantic.
+_CANONICAL_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|\+00:00)")
+
+
+def _fast_play(value: bytes) -> tuple[_PlayWire, float] | None:
+    """``(wire record, ts in Unix s)`` when ``value`` is a well-formed play in
+    the canonical spelling, else None (then :class:`PlayEvent` decides)."""
+    try:
+        w = _WIRE_DECODER.decode(value)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    if not _CANONICAL_TS.fullmatch(w.ts):
+        return None
+    try:
+        ts = datetime.fromisoformat(w.ts).timestamp()
+    except ValueError:
+        return None
+    c = w.country
+    if c is not None:
+        if c == "ZZ" or c == "":
+            w.country = None
+        elif not (len(c) == 2 and c.isascii() and c.isalpha() and c.isupper()):
+            return None
+    return w, ts
+
+
+def _wire_batch(rows: list, ts: list[float], record_ts: list[float]) -> PlayBatch:
+    """Columnar :class:`PlayBatch` of decoded plays (``_PlayWire`` or
+    :class:`PlayEvent`, both with the same attribute names; ``ts`` in Unix s)."""
+    n = len(rows)
+
+    def tri(name: str) -> np.ndarray:
+        return np.fromiter((-1 if (v := getattr(r, name)) is None else int(v) for r in rows), np.int8, n)
+
+    return PlayBatch(
+        event_id=[r.event_id for r in rows],
+        ts=np.array(ts, np.float64),
+        account_id=[r.account_id for r in rows],
+        track_id=[r.track_id for r in rows],
+        artist_id=[r.artist_id for r in rows],
+        ms_played=np.fromiter((r.ms_played for r in rows), np.int64, n),
+        track_duration_ms=np.fromiter(
+            (-1 if r.track_duration_ms is None else r.track_duration_ms for r in rows), np.int64, n),
+        platform=[r.platform for r in rows],
+        device_id=[r.device_id for r in rows],
+        ip=[r.ip for r in rows],
+        country=[r.country for r in rows],
+        reason_start=[r.reason_start for r in rows],
+        reason_end=[r.reason_end for r in rows],
+        shuffle=tri("shuffle"),
+        skipped=tri("skipped"),
+        offline=tri("offline"),
+        record_ts=np.array(record_ts, np.float64),
+    )
+
+
 def _classify_validation(exc: ValidationError, value: bytes) -> tuple[DeadLetterReason, str]:
     errors = exc.errors(include_url=False, include_input=False)
     first = errors[0]
@@ -219,7 +317,8 @@ class PlaysDecoder:
             batch (``record_ts`` from each record's timestamp), the rejected
             records, and the number of duplicate ``event_id``s dropped.
         """
-        events: list[PlayEvent] = []
+        rows: list = []
+        tss: list[float] = []
         rts: list[float] = []
         dead: list[DeadLetter] = []
         dups = 0
@@ -233,34 +332,39 @@ class PlaysDecoder:
                 dead.append(DeadLetter(rec, DeadLetterReason.oversized,
                                        f"{len(v)} bytes > limit {self.max_record_bytes}"))
                 continue
-            try:
-                ev = PlayEvent.model_validate_json(v)
-            except ValidationError as exc:
-                reason, detail = _classify_validation(exc, v)
-                dead.append(DeadLetter(rec, reason, detail))
-                continue
-            ts = ev.ts.timestamp()
+            fast = _fast_play(v)
+            if fast is not None:
+                ev, ts = fast
+            else:
+                try:
+                    ev = PlayEvent.model_validate_json(v)
+                except ValidationError as exc:
+                    reason, detail = _classify_validation(exc, v)
+                    dead.append(DeadLetter(rec, reason, detail))
+                    continue
+                ts = ev.ts.timestamp()
             if self.dedupe.contains(ev.event_id, ts):
                 dups += 1
                 continue
             if ts < _MIN_TS_S:
-                dead.append(DeadLetter(rec, DeadLetterReason.ts_out_of_range, f"ts {ev.ts.isoformat()} before 2000-01-01"))
+                dead.append(DeadLetter(rec, DeadLetterReason.ts_out_of_range, f"ts {_iso(ts)} before 2000-01-01"))
                 continue
             if ts > now + self.max_clock_skew_s:
                 dead.append(DeadLetter(rec, DeadLetterReason.ts_in_future,
-                                       f"ts {ev.ts.isoformat()} is {ts - now:.0f} s ahead of the wall clock"))
+                                       f"ts {_iso(ts)} is {ts - now:.0f} s ahead of the wall clock"))
                 continue
             wm = self.watermark
             if wm is not None and ts < wm:
                 dead.append(DeadLetter(rec, DeadLetterReason.too_late,
-                                       f"ts {ev.ts.isoformat()} is {wm - ts:.0f} s behind the partition watermark"))
+                                       f"ts {_iso(ts)} is {wm - ts:.0f} s behind the partition watermark"))
                 continue
             self.dedupe.add(ev.event_id, ts)
             if self.max_ts_ is None or ts > self.max_ts_:
                 self.max_ts_ = ts
-            events.append(ev)
+            rows.append(ev)
+            tss.append(ts)
             rts.append(rec.timestamp)
-        return PlayBatch.from_events(events, rts), dead, dups
+        return _wire_batch(rows, tss, rts), dead, dups
 
     def state_dict(self) -> dict:
         """Watermark and dedupe memory."""

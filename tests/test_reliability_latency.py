@@ -30,24 +30,19 @@ from stream.schemas import Alert
 
 
 class _Msg:
-    def __init__(self, partition: int, offset: int, log: list):
+    """Fake Faust ConsumerMessage: what the intake hands the driver."""
+
+    def __init__(self, partition: int, offset: int, log: list, generation: int = 1):
         self.topic, self.partition, self.offset = "plays", partition, offset
         self.key, self.value, self.timestamp = b"k", b"v", time.time() - 0.25
-        self.refs = 1
+        self.generation_id = generation
+        self.acked = False
         self._log = log
 
-    def incref(self):
-        self.refs += 1
-
-
-class _Event:
-    def __init__(self, partition: int, offset: int, log: list):
-        self.message = _Msg(partition, offset, log)
-        self.acked = False
-
     def ack(self):
+        assert not self.acked, "acked twice"
         self.acked = True
-        self.message._log.append(("ack", self.message.partition, self.message.offset))
+        self._log.append(("ack", self.partition, self.offset))
 
 
 class _Topic:
@@ -119,7 +114,7 @@ def _driver(tmp_path, log, interval=5.0, alerts=True, trace=True):
 
 
 def _events(parts_offsets, log):
-    return [_Event(p, o, log) for p, offs in parts_offsets.items() for o in offs]
+    return [_Msg(p, o, log) for p, offs in parts_offsets.items() for o in offs]
 
 
 def test_worker_consumer_uses_the_configured_fetch_wait():
@@ -148,7 +143,6 @@ def test_snapshots_are_staggered_threaded_and_ack_only_what_they_cover(tmp_path)
         d._started = time.monotonic()  # nothing due yet
         await d.handle(ev1)
         assert not any(e.acked for e in ev1), "acked before any snapshot"
-        assert all(e.message.refs == 2 for e in ev1), "driver holds its own reference"
         # partition 2 most overdue, then 0; 1 not yet due; 3 has nothing pending
         now = time.monotonic()
         d.last_snapshot.update({0: now - 6.0, 1: now - 1.0, 2: now - 9.0})
@@ -170,7 +164,7 @@ def test_snapshots_are_staggered_threaded_and_ack_only_what_they_cover(tmp_path)
         return ev1, ev2
 
     ev1, ev2 = asyncio.run(scenario())
-    acked = {(e.message.partition, e.message.offset) for e in ev1 + ev2 if e.acked}
+    acked = {(e.partition, e.offset) for e in ev1 + ev2 if e.acked}
     # one snapshot per batch: partition 2 (most overdue), with every event it covers
     assert acked == {(2, 0), (2, 1), (2, 2), (2, 3)}
     snaps = [x for x in log if x[0] == "send" and x[1] == "changelog"]
@@ -223,3 +217,49 @@ def test_trace_records_full_garbage_collections(tmp_path):
 def test_fetch_wait_setting_rejects_non_positive(bad):
     with pytest.raises(ValueError):
         Settings(consumer_fetch_max_wait_ms=bad)
+
+
+def test_batch_intake_batches_drops_stale_generations_and_applies_back_pressure():
+    from stream.app import BatchIntake
+
+    log: list = []
+    gen = {"id": 1}
+    intake = BatchIntake(max_buffered=5, generation=lambda: gen["id"])
+
+    async def scenario():
+        # a whole fetched list arrives at once: taken in one batch, offset order kept
+        await intake.put([_Msg(0, o, log) for o in range(3)])
+        got = await intake.take(max_records=10, within_s=0.0)
+        assert [m.offset for m in got] == [0, 1, 2]
+        # within_s: waits for more up to max_records, then returns at once
+        t0 = time.monotonic()
+        await intake.put([_Msg(1, 0, log)])
+        later = asyncio.get_running_loop().call_later(
+            0.05, lambda: asyncio.ensure_future(intake.put([_Msg(1, 1, log)])))
+        got = await intake.take(max_records=2, within_s=2.0)
+        assert [m.offset for m in got] == [0, 1] and time.monotonic() - t0 < 1.0
+        later.cancel()
+        # max_records caps a batch; the rest stays for the next take
+        await intake.put([_Msg(2, o, log) for o in range(4)])
+        assert len(await intake.take(max_records=3, within_s=0.0)) == 3
+        assert [m.offset for m in await intake.take(max_records=3, within_s=0.0)] == [3]
+        # back-pressure: a put over max_buffered waits until a take makes room
+        blocked = asyncio.ensure_future(intake.put([_Msg(3, o, log) for o in range(7)]))
+        await asyncio.sleep(0.05)
+        assert not blocked.done()
+        assert len(await intake.take(max_records=4, within_s=0.0)) == 4
+        await asyncio.wait_for(blocked, 1.0)
+        intake.clear()
+        # a rebalance: messages fetched under the old generation are dropped unacked
+        await intake.put([_Msg(0, 9, log, generation=1), _Msg(0, 10, log, generation=2)])
+        gen["id"] = 2
+        got = await intake.take(max_records=10, within_s=0.0)
+        assert [m.offset for m in got] == [10]
+        # clear (revocation) drops what waits
+        await intake.put([_Msg(0, 11, log, generation=2)])
+        assert intake.clear() == 1 and len(intake) == 0
+
+    asyncio.run(scenario())
+    assert not any(x[0] == "ack" for x in log), "the intake never acks"
+    with pytest.raises(ValueError):
+        BatchIntake(max_buffered=0)
