@@ -103,8 +103,9 @@ class BatchIntake:
 
     async def put(self, messages: list, stop_waiting=None) -> None:
         """Append ``messages`` (each with one reference taken); wait while the
-        buffer is over ``max_buffered`` (until ``stop_waiting`` resolves, if
-        given: Faust's ``suspend_flow`` during a rebalance)."""
+        buffer is over ``max_buffered`` (or until the awaitable that
+        ``stop_waiting()`` returns resolves, if given: Faust's
+        ``suspend_flow.wait`` during a rebalance)."""
         if not messages:
             return
         self.items.extend(messages)
@@ -115,7 +116,7 @@ class BatchIntake:
                 await self._space.wait()
             else:
                 waiter = asyncio.ensure_future(self._space.wait())
-                other = asyncio.ensure_future(stop_waiting)
+                other = asyncio.ensure_future(stop_waiting())
                 try:
                     await asyncio.wait([waiter, other], return_when=asyncio.FIRST_COMPLETED)
                 finally:
@@ -230,7 +231,7 @@ def _consumer_class(thread_cls):
                             r_off = off
                         if msgs:
                             read_offset[tp] = r_off
-                            await intake.put(msgs, self.suspend_flow.wait())
+                            await intake.put(msgs, self.suspend_flow.wait)
             except self.consumer_stopped_errors:
                 if self.transport.app.should_stop:
                     return
