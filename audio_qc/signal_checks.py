@@ -141,21 +141,30 @@ def check_silence(
     return out
 
 
-@nb.njit(nogil=True, fastmath={"nnan", "ninf", "reassoc"})
+_ABS_BITS = np.int32(0x7FFFFFFF)
+
+
+@nb.njit(nogil=True)
 def _block_abs_max(ch, block):  # pragma: no cover - compiled
     """Max |x| over all channels of each whole ``block``-sample block,
-    shape (n_samples // block,): one pass, no |x| copy of the file."""
+    shape (n_samples // block,), float32: one pass, no |x| copy of the file.
+    ``ch`` is C-contiguous float32 (finite). The maximum is taken over the
+    int32 bit patterns with the sign bit cleared (IEEE-754 order of
+    non-negative floats is integer order), which vectorises where a float
+    max reduction does not (numba 0.68): the same values, ~2.5x faster."""
     c, n = ch.shape
     nbk = n // block
-    out = np.zeros(nbk, np.float32)
+    out = np.zeros(nbk, np.int32)
     for k in range(c):
+        row = ch[k].view(np.int32)
         for b in range(nbk):
+            seg = row[b * block : (b + 1) * block]
             m = out[b]
-            s0 = b * block
-            for i in range(s0, s0 + block):
-                m = max(m, abs(ch[k, i]))
+            for i in range(block):
+                v = seg[i] & _ABS_BITS
+                m = v if v > m else m
             out[b] = m
-    return out
+    return out.view(np.float32)
 
 
 def check_gaps(ch: np.ndarray, sr: int, block_lufs: np.ndarray, th: Thresholds = DEFAULT_THRESHOLDS,
@@ -246,7 +255,50 @@ def flat_runs(x: np.ndarray, min_run: int, peak: float | None = None) -> tuple[i
     thr = peak * (1 - 1e-6)
     x = np.ascontiguousarray(x)
     # compared in the samples' dtype, as numpy compares an array with a Python float
+    if x.dtype == np.float32:
+        t32 = np.float32(thr)
+        return int(_flat_run_count32(x, t32, int(np.array([t32]).view(np.int32)[0]), max(min_run, 2))), peak
     return int(_flat_run_count(x, x.dtype.type(thr), max(min_run, 2))), peak
+
+
+@nb.njit(nogil=True)
+def _flat_run_count32(x, thr, thr_bits, min_run):  # pragma: no cover - compiled
+    """:func:`_flat_run_count` for float32 ``x`` and ``thr`` > 0 (``thr_bits``:
+    its int32 bit pattern): 64-sample blocks whose largest |x| (an integer
+    max over the bit patterns, vectorised) is below ``thr`` only close the
+    open run; the others run the per-sample loop. The same count."""
+    xb = x.view(np.int32)
+    n = x.shape[0]
+    count = 0
+    run = 0
+    for s in range(0, n, 64):
+        e = min(n, s + 64)
+        seg = xb[s:e]
+        m = np.int32(0)
+        for i in range(e - s):
+            v = seg[i] & _ABS_BITS
+            m = v if v > m else m
+        if m < thr_bits:  # no sample of the block reaches the threshold
+            if run >= min_run:
+                count += 1
+            run = 0
+            continue
+        for i in range(s, e):
+            v = x[i]
+            if v >= thr or v <= -thr:
+                if run > 0 and v == x[i - 1]:
+                    run += 1
+                else:
+                    if run >= min_run:
+                        count += 1
+                    run = 1
+            else:
+                if run >= min_run:
+                    count += 1
+                run = 0
+    if run >= min_run:
+        count += 1
+    return count
 
 
 @nb.njit(nogil=True)
@@ -511,15 +563,17 @@ def _lpc_click_events(x, block, order, lam, gate, min_score, floor):  # pragma: 
                             acc3 -= af[k] * x[i - 1 - k]
                     e[eo + i - s0] = acc3
             # robust scale: mean |e| without the samples above 8x the plain mean
+            # (on a 0-based view: no wraparound test, the sums vectorise)
+            es = e[eo : eo + block]
             m1 = np.float32(0.0)
-            for i in range(s0, s0 + block):
-                m1 += abs(e[eo + i - s0])
+            for i in range(block):
+                m1 += abs(es[i])
             m1 /= block
             cut = np.float32(8.0) * m1
             m2 = np.float32(0.0)
             c2 = 0
-            for i in range(s0, s0 + block):
-                v = abs(e[eo + i - s0])
+            for i in range(block):
+                v = abs(es[i])
                 if v <= cut:
                     m2 += v
                     c2 += 1
@@ -543,9 +597,11 @@ def _lpc_click_events(x, block, order, lam, gate, min_score, floor):  # pragma: 
         s0 = b * block
         eo = (b % 4) * block
         hi = min(s0 + block, n - 2 * p - 1)
-        for i in range(s0, hi):
-            if abs(e[eo + i - s0]) <= g:
+        es = e[eo : eo + block]
+        for t in range(max(hi - s0, 0)):
+            if abs(es[t]) <= g:
                 continue
+            i = s0 + t
             acc4 = 0.0
             for k in range(p + 1):
                 acc4 += hs[b, k] * e[(i + k) % ring]
@@ -670,6 +726,54 @@ def check_clicks(ch: np.ndarray, sr: int, th: Thresholds = DEFAULT_THRESHOLDS) -
                    start_s=round(t0, 4), end_s=round(t0 + 4 / sr, 4))]
 
 
+@nb.njit(nogil=True)
+def _pairwise_sum32(a, s0, n):  # pragma: no cover - compiled
+    """sum(a[s0 : s0 + n]) in float32 in numpy's pairwise order for n <= 128
+    (``FLOAT_pairwise_sum``: 8 accumulators, a fixed tree, then the rest in
+    sequence), so the result equals ``a[s0:s0 + n].sum()`` bit for bit."""
+    if n < 8:
+        res = np.float32(0.0)
+        for i in range(n):
+            res += a[s0 + i]
+        return res
+    r0, r1, r2, r3 = a[s0], a[s0 + 1], a[s0 + 2], a[s0 + 3]
+    r4, r5, r6, r7 = a[s0 + 4], a[s0 + 5], a[s0 + 6], a[s0 + 7]
+    i = 8
+    top = n - (n % 8)
+    while i < top:
+        j = s0 + i
+        r0 += a[j]
+        r1 += a[j + 1]
+        r2 += a[j + 2]
+        r3 += a[j + 3]
+        r4 += a[j + 4]
+        r5 += a[j + 5]
+        r6 += a[j + 6]
+        r7 += a[j + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[s0 + i]
+        i += 1
+    return res
+
+
+@nb.njit(nogil=True)
+def _block_means2(ch, dec, n):  # pragma: no cover - compiled
+    """Means of ``n`` consecutive ``dec``-sample blocks of channels 0 and 1,
+    shape (n, 2), float64 holding the float32 means: equal bit for bit to
+    ``ch[i, :n * dec].reshape(n, dec).mean(axis=1)`` (float32 pairwise sum,
+    float32 division) for ``dec <= 128``, without the reshape's per-row
+    reduction overhead."""
+    out = np.empty((n, 2))
+    d = np.float32(dec)
+    for c in range(2):
+        row = ch[c]
+        for j in range(n):
+            out[j, c] = np.float64(_pairwise_sum32(row, j * dec, dec) / d)
+    return out
+
+
 def low_band_correlation(ch: np.ndarray, sr: int, cutoff_hz: float = 150.0) -> float | None:
     """L/R correlation of the band below ``cutoff_hz`` (None if undefined).
 
@@ -687,7 +791,15 @@ def low_band_correlation(ch: np.ndarray, sr: int, cutoff_hz: float = 150.0) -> f
     n = ch.shape[1] // dec
     if n < 64:
         return None
-    lr = np.stack([ch[i, : n * dec].reshape(n, dec).mean(axis=1) for i in (0, 1)], axis=1).astype(np.float64)
+    if ch.dtype == np.float32 and dec <= 128:  # the usual case: the same means, compiled
+        lr = _block_means2(np.ascontiguousarray(ch[:2]), dec, n)
+    else:  # other dtypes, or sample rates over 180 kHz (beyond one pairwise block)
+        lr = np.stack([ch[i, : n * dec].reshape(n, dec).mean(axis=1) for i in (0, 1)], axis=1).astype(np.float64)
+    return _low_band_corr(lr, sr, dec, cutoff_hz)
+
+
+def _low_band_corr(lr: np.ndarray, sr: int, dec: int, cutoff_hz: float) -> float | None:
+    """Correlation of the two low-passed columns of ``lr`` (block means)."""
     sos = butter(4, cutoff_hz, fs=sr / dec, output="sos")
     y = sosfilt(sos, lr, axis=0)
     y -= y.mean(axis=0)

@@ -30,6 +30,16 @@ page cache).
 
 ``--stages`` also prints the CPU time of each stage of the in-process QC
 (integrity, decode + analysis pass, true peak, each signal check).
+
+``--reports OUT.json [--compare BASE.json]`` does not time anything: it
+writes the in-process QC report (:func:`audio_qc.analyze.analyze_path`, what
+the sandboxed child returns) of every real track, of 24-bit FLAC copies of
+three of them, and of every damaged variant of :mod:`audio_qc.corrupt` made
+from every stereo real track (seeded, re-made each run), together with the
+unrounded values of the signal-check functions (:func:`raw_values`); with
+``--compare`` it then lists every difference from a file written the same
+way by other code (reports: exact; raw values: 1e-6 relative) and exits 1 if
+there is one. It is how the speed work shows that no QC result changed.
 """
 
 from __future__ import annotations
@@ -165,15 +175,118 @@ def agreement() -> int:
     return 0
 
 
+def raw_values(path: Path) -> dict | None:
+    """Unrounded outputs of the measurement and signal-check functions on the
+    decoded audio of ``path`` (None when it does not decode): loudness, true
+    peak, sample peak, DC, correlations, click events, flat runs, amplitude
+    pile-up, side energies, gap blocks and spectral cutoff."""
+    from audio_qc import loudness, signal_checks
+    from audio_qc.decode import DecodeError, ResourceLimit, decode
+
+    sink = loudness.AnalysisPass()
+    try:
+        dec = decode(path, 2**31, check_finite=False, sink=sink)
+    except (DecodeError, ResourceLimit):
+        return None
+    ps = sink.result()
+    if not ps.finite:
+        return {"finite": False}
+    ch, sr = ps.channels, dec.sample_rate
+    lr = loudness.measure_loudness_from_power(ps.csum, ps.bounds)
+    out: dict = {
+        "loudness": [lr.integrated_lufs, lr.loudness_range_lu, lr.max_momentary_lufs, lr.max_short_term_lufs],
+        "true_peak": [loudness.true_peak_channel(ch[i], sr) for i in range(len(ch))],
+        "peak": ps.peak.tolist(), "dc": ps.dc.tolist(), "corr": ps.lr_correlation,
+        "csum_last": float(ps.csum[-1]),
+        "flat_runs": [list(signal_checks.flat_runs(ch[i], 3, float(ps.peak[i]))) for i in range(len(ch))],
+        "pile_up": [[list(t) for t in signal_checks.amplitude_pile_up(ch[i], float(ps.peak[i]))]
+                    if ps.peak[i] > 0 else None for i in range(len(ch))],
+        "clicks": [[a.tolist() for a in signal_checks.click_events(ch[i])] for i in range(len(ch))],
+        "low_band_correlation": signal_checks.low_band_correlation(ch, sr),
+        "spectral_cutoff": signal_checks.spectral_cutoff(ch, sr),
+        "gap_blocks": signal_checks._block_abs_max(ch, 256).tolist()[:: 97] if ch.shape[1] >= 256 else [],
+    }
+    if len(ch) >= 2:
+        out["side_energies"] = list(signal_checks._side_energies(ch[0], ch[1]))
+    return out
+
+
+def _close(a, b, rel: float = 1e-6) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_close(u, v, rel) for u, v in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], rel) for k in a)
+    if isinstance(a, float) and isinstance(b, (int, float)) or isinstance(b, float) and isinstance(a, (int, float)):
+        return a == b or abs(a - b) <= rel * max(abs(a), abs(b))
+    return a == b
+
+
+def reports(out_path: Path, compare: Path | None) -> int:
+    """Write (and compare) the reports and raw values; see the module docstring."""
+    import json
+
+    from audio_qc.corrupt import make_variants
+
+    audio = Settings().audio_path
+    tracks = sorted(p for p in audio.rglob("*") if p.suffix in (".ogg", ".opus", ".flac", ".wav"))
+    if not tracks:
+        print(f"no tracks under {audio}", file=sys.stderr)
+        return 2
+    res: dict[str, dict] = {}
+
+    def one(key: str, p: Path) -> None:
+        res[key] = {"report": analyze_path(p, memory_budget_bytes=2**31), "raw": raw_values(p)}
+
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as d:
+        for t in tracks:
+            one(str(t.relative_to(audio)), t)
+        for t in tracks[:: 12]:
+            f = Path(d) / (t.stem.replace(" ", "_") + ".flac")
+            subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(t), "-c:a", "flac", "-sample_fmt", "s32",
+                            str(f)], check=True)
+            one("flac24/" + f.name, f)
+            f.unlink()
+        rng = np.random.default_rng(0)
+        for i, t in enumerate(x for x in tracks if sf.info(str(x)).channels == 2 and x.name != "silence.ogg"):
+            for v in make_variants(t, Path(d) / f"t{i}", rng):
+                one(f"variant/{t.stem}/{v.kind}", v.path)
+                v.path.unlink(missing_ok=True)
+    out_path.write_text(json.dumps(res, indent=0, sort_keys=True, allow_nan=True))
+    print(f"{len(res)} reports written to {out_path} in {time.time() - t0:.0f} s")
+    if compare is None:
+        return 0
+    base = json.loads(compare.read_text())
+    diffs = 0
+    for k in sorted(set(base) | set(res)):
+        if k not in base or k not in res:
+            print(f"  only in {'new' if k in res else 'base'}: {k}")
+            diffs += 1
+            continue
+        if base[k]["report"] != res[k]["report"]:
+            print(f"  REPORT differs: {k}\n    base {base[k]['report']}\n    new  {res[k]['report']}")
+            diffs += 1
+        if not _close(base[k]["raw"], res[k]["raw"]):
+            bad = [f for f in (base[k]["raw"] or {}) if not _close(base[k]["raw"].get(f), (res[k]["raw"] or {}).get(f))]
+            print(f"  raw values differ: {k}: {bad or 'all'}")
+            diffs += 1
+    print(f"compared {len(res)} files with {compare}: {diffs} difference(s)")
+    return 1 if diffs else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--track", default="wesnoth/battle.ogg")
     ap.add_argument("--agreement", action="store_true", help="compare with libebur128 on every real file instead")
     ap.add_argument("--stages", action="store_true", help="also print the CPU time of each QC stage")
+    ap.add_argument("--reports", type=Path, help="write every QC report and raw check values here instead (JSON)")
+    ap.add_argument("--compare", type=Path, help="with --reports: compare with this earlier --reports file")
     args = ap.parse_args()
     if args.agreement:
         return agreement()
+    if args.reports:
+        return reports(args.reports, args.compare)
     try:
         os.sched_setaffinity(0, {0})
     except (AttributeError, OSError):
