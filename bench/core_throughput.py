@@ -68,6 +68,9 @@ def main() -> None:
     print(f"active accounts: {n_acc}; account-stage bytes per active account (account table): {per_acc:,.0f}")
     print(f"account-stage total bytes per account (with IP/device sketches): {acc.features.nbytes() / n_acc:,.0f}")
     print(f"catalog-stage bytes: {pipe.catalog.features.nbytes():,}")
+    import os
+
+    print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -145,3 +145,51 @@ def test_thresholds_come_from_a_budget_on_clean_traffic():
     assert tight["threshold"] == max(rep["raw_threshold"], 6.0)
     with pytest.raises(ValueError, match="budget"):
         calibrate_thresholds(clean, budget=0.0)
+
+
+def _new_artist_background(days=5, seed=1):
+    """Benign listeners on a fixed catalog for ``days`` days (the catalog
+    model's first 3 days are its cold start: no artist counts as new)."""
+    return _background(n_acc=15, days=days, seed=seed)
+
+
+def test_distinct_new_cold_artists_flag_a_thin_spread_farm_not_an_album_listener():
+    rows = _new_artist_background()
+    t = T0 + 4 * 86400 + np.arange(0, 40 * 110.0, 110.0)
+    # a thin-spread farm: every play a different brand-new artist (AI catalog)
+    rows += _rows("farm", t, [f"Ai{k}::track {k}" for k in range(len(t))], ip="10.8.8.8", device_id="f",
+                  country="FR")
+    # a listener discovering one new album: 12 new tracks of one new artist, twice
+    rows += _rows("fan", t + 7.0, [f"Debut::song {k % 12}" for k in range(len(t))], ip="10.7.7.7",
+                  device_id="g", country="FR")
+    m = CatalogFraudModel(Settings())
+    alerts = _run(m, [r for r in rows if r["ts"] < t[0]])
+    alerts += _run(m, [r for r in rows if r["ts"] >= t[0]], size=4)
+    first = {a.entity_id: a for a in alerts if a.detector == "catalog_account"}
+    assert "farm" in first and "fan" not in first
+    a = first["farm"]
+    assert "new_artists" in a.reasons and a.features["new_artists"].actual > 0.5
+    # the farm is flagged within its first 15 plays (~27 min), not after an hour
+    assert a.evidence["last_event_ts"] - t[0] <= 15 * 110.0
+
+
+def test_odd_hour_evidence_of_a_new_identity_does_not_fade_with_its_own_plays():
+    from stream.fraud.features_account import FEATURE_NAMES
+    rng = np.random.default_rng(3)
+    rows = []
+    for d in range(4):  # daytime listener (9:00-18:00 UTC) on one phone at home
+        ts = np.sort(T0 + d * 86400 + rng.uniform(9 * 3600, 18 * 3600, 60))
+        rows += _rows("victim", ts, [f"Home::song {k % 30}" for k in range(60)], ip="10.1.1.1",
+                      device_id="phone", country="FR")
+    m = AccountFraudModel(Settings())
+    _run(m, rows)
+    night = T0 + 4 * 86400 + 2 * 3600 + np.arange(0, 3 * 3600, 215.0)  # 02:00-05:00, new phone abroad
+    odd = []
+    for k, t in enumerate(night):
+        slots, X, _ = m.features.update(PlayBatch.from_dicts(
+            _rows("victim", [t], ["Stolen::x"], ip="198.51.100.9", device_id="new", country="BR")))
+        odd.append(X[0, FEATURE_NAMES.index("odd_hour_new_device")])
+    gain = np.diff(odd)
+    # each night play from the new identity adds about as much surprise as the
+    # first ones did (the hijacker's plays do not teach the account its hours)
+    assert gain[-5:].mean() > 0.7 * gain[:5].mean() > 0.5

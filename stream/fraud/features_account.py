@@ -230,7 +230,8 @@ class AccountFeatures:
         # ---- hour of day
         hour_idx = (ts // HOUR).astype(np.int64)
         hod = hour_idx % 24
-        scatter_add2(c["hour_hist"], a, hod, 1.0)
+        # the hour-of-day profile is learned after the novelty checks below
+        # (plays from a new device + IP + country stay out of it)
         scatter_max2(c["hour_seen"], a, hod, hour_idx.astype(np.int32))
         # ---- distinct tracks today (linear-counting bitmap of 256 bits)
         day = (ts // DAY).astype(np.int32)
@@ -287,12 +288,21 @@ class AccountFeatures:
         c["last_ctry"][la[newer]] = ctry_s[last][newer]
         # ---- new device / IP / country
         acct_age = ts - c["first_seen"][a]
-        # per event: the hour's share of its account's histogram (row sums per account)
+        # per event: the hour's share of its account's histogram before this
+        # batch (row sums per account)
         p_hour = (c["hour_hist"][a, hod] + 0.5) / (c["hour_hist"][slots].sum(axis=1)[inv] + 12.0)
         odd = np.maximum(0.0, -np.log(p_hour) - np.log(24.0))
         newdev = self._novel(a, dev, ts, "dev", "dev_t") & (acct_age > 2 * DAY)
         newip = self._novel(a, ipc, ts, "ip", "ip_t") & (acct_age > 2 * DAY)
         newctry = self._novel(a, ctry, ts, "ctry", "ctry_t") & (acct_age > 2 * DAY)
+        # plays from a new device + IP + country do not teach the account its
+        # hours: otherwise a hijacker's own night plays make the night
+        # "typical" within a few plays and the odd-hour evidence dies out
+        learn = ~(newdev & newip & newctry)
+        if learn.all():
+            scatter_add2(c["hour_hist"], a, hod, 1.0)
+        else:
+            scatter_add2(c["hour_hist"], a[learn], hod[learn], 1.0)
         add("newdev", wd * newdev)
         add("newip", wd * newip)
         add("newctry", wd * newctry)

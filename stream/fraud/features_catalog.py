@@ -58,7 +58,8 @@ _ENT_COLS = {
     "day": ("i4", ()), "plays_day": ("i4", ()), "heavy": ("i4", ()), "first_seen": ("f8", ()),
     "t_ref": ("f8", ()), "base": ("f4", ()), "k3040": ("f4", ()), "n": ("f4", ()), "n1": ("f4", ()),
 }
-_ACC_COLS = {"t_ref": ("f8", ()), "n": ("f4", ()), "co": ("f4", ()), "newart": ("f4", ()), "loopart": ("f4", ()),
+_ACC_COLS = {"t_ref": ("f8", ()), "n": ("f4", ()), "co": ("f4", ()), "newart": ("f4", ()), "newad": ("f4", ()),
+             "loopart": ("f4", ()),
              "day": ("i4", ()), "boost": ("f4", ())}
 
 
@@ -136,6 +137,35 @@ class _EntityState:
         return s, np.maximum(listeners, heavy), heavy
 
 
+def _arrivals_before(cells: np.ndarray, ts: np.ndarray, arrivals: np.ndarray) -> np.ndarray:
+    """Per play (n,): how many of the batch's new (cell, account) arrivals
+    (indices ``arrivals`` into ``cells`` / ``ts``) reached the play's cell at or
+    before the play's time (an arrival counts for its own play).
+
+    Args:
+        cells: uint64 cell keys (n,); ts: event times (n,) in s;
+        arrivals: int indices (m,) of each new (cell, account) pair's first play.
+
+    Returns:
+        int64 (n,).
+    """
+    m, n = len(arrivals), len(cells)
+    if m == 0:
+        return np.zeros(n, np.int64)
+    keys = np.r_[cells[arrivals], cells]
+    tt = np.r_[ts[arrivals], ts]
+    isarr = np.r_[np.ones(m, np.int64), np.zeros(n, np.int64)]
+    o = np.lexsort((1 - isarr, tt, keys))  # by cell, time; arrivals before plays at equal times
+    a = isarr[o]
+    cs = np.cumsum(a)
+    ks = keys[o]
+    start = np.r_[True, ks[1:] != ks[:-1]]
+    first = np.maximum.accumulate(np.where(start, np.arange(len(o)), 0))
+    out = np.empty(m + n, np.int64)
+    out[o] = cs - cs[first] + a[first]
+    return out[m:]
+
+
 class CatalogFeatures:
     """Catalog-stage feature state (see module docstring).
 
@@ -150,10 +180,16 @@ class CatalogFeatures:
         bucket_s: lockstep bucket length (s).
         hll_p: HyperLogLog precision.
         cms_width: count-min width (power of two).
+        causal: co-play counts see only earlier arrivals in the play's cell
+            and the track's previous bucket (default); ``False``: the cell's
+            count after the whole batch (the previous model: depends on the
+            batch size).
     """
 
     def __init__(self, ttl_s: float = 7 * DAY, heavy_track: int = 3, heavy_artist: int = 15,
-                 co_min: int = 3, co_p: float = 1e-3, cold_listeners: float = 20.0, loop_share: float = 0.3, bucket_s: int = 600, hll_p: int = 6, cms_width: int = 1 << 19):
+                 co_min: int = 3, co_p: float = 1e-3, cold_listeners: float = 20.0, loop_share: float = 0.3, bucket_s: int = 600, hll_p: int = 6, cms_width: int = 1 << 19,
+                 causal: bool = True):
+        self.causal = causal
         self.heavy_track = heavy_track
         self.heavy_artist = heavy_artist
         self.co_min = co_min
@@ -208,7 +244,7 @@ class CatalogFeatures:
         pt = self.pair_track.query(kt, day)
         pa = self.pair_artist.query(ka, day)
         _, kinv, kcnt = group_index(kt)
-        _, ainv, acnt = group_index(ka)
+        a_first, ainv, acnt = group_index(ka)
         s_t, lt, ht = self.tracks.update(None, ts, day, ah, pt, kcnt[kinv], self.heavy_track, is3040, ts_slots)
         s_a, la, ha = self.artists.update(None, ts, day, ah, pa, acnt[ainv], self.heavy_artist, is3040, ar_slots)
         # lockstep co-plays: distinct accounts per (track, bucket) cell, judged
@@ -221,12 +257,30 @@ class CatalogFeatures:
         self.coplay_acc.add(k3, hour)
         first3 = group_index(k3)[0]  # count-min adds commute: any order
         newcell = first3[seen[first3] == 0]
-        self.coplay.add(kc[newcell], hour[newcell])
-        cnt = self.coplay.query(kc, hour)
-        # expected accounts per cell from the track's last-hour rate (tau 1 h, so
-        # it follows a release's ramp), without the cell's own plays
+        if self.causal:
+            # each play sees only accounts that reached its cell before it (no
+            # look-ahead into the rest of the batch: the same evidence whatever
+            # the batch size) plus the accounts of the track's previous bucket
+            cnt = self.coplay.query(kc, hour) + _arrivals_before(kc, ts, newcell)
+            self.coplay.add(kc[newcell], hour[newcell])
+            bprev = bucket - 1
+            hprev = bprev * self.bucket_s // 3600
+            kp = combine(self.tracks.table.hash_[s_t], bprev.astype(np.uint64))
+            own_prev = self.coplay_acc.query(combine(kp, ah), hprev) > 0
+            prev = np.maximum(self.coplay.query(kp, hprev) - own_prev, 0)
+            cnt = cnt + prev
+            # the track's rate (n1) holds the whole batch: leave out the whole
+            # window's accounts so far, as the rate does
+            cnt_all = self.coplay.query(kc, hour) + prev
+            span = self.bucket_s + (ts - bucket * self.bucket_s)
+        else:
+            self.coplay.add(kc[newcell], hour[newcell])
+            cnt = cnt_all = self.coplay.query(kc, hour)
+            span = float(self.bucket_s)
+        # expected accounts in the window from the track's last-hour rate (tau
+        # 1 h, so it follows a release's ramp), without the window's own plays
         n1 = self.tracks.table.cols_["n1"][s_t].astype(np.float64)
-        lam = np.maximum((n1 - cnt) / TAU_HOUR * self.bucket_s, 0.0) + 0.05
+        lam = np.maximum((n1 - cnt_all) / TAU_HOUR * span, 0.0) + 0.05
         co = cnt - 1
         # Poisson tail P(X >= cnt) = poisson.sf(cnt - 1, lam) = pdtrc(cnt - 1, lam),
         # needed only where co >= co_min
@@ -238,8 +292,14 @@ class CatalogFeatures:
         afs = self.artists.table.cols_["first_seen"][s_a]
         # first play today of a track of a new, cold artist (a superfan replaying
         # an album counts each track once a day; a thin-spread farm every play)
-        new_artist = ((ts - afs < NEW_S) & (afs > self.t0_ + NEW_S) & (la < self.cold_listeners)
-                      & (pt - kcnt[kinv] < 1))
+        new_cold = (ts - afs < NEW_S) & (afs > self.t0_ + NEW_S) & (la < self.cold_listeners)
+        new_artist = new_cold & (pt - kcnt[kinv] < 1)
+        # distinct new cold artists: an account's first play of the artist today
+        # (once per (account, artist) in the batch). A listener discovering an
+        # album finds one new artist; a thin-spread farm a new one every play
+        afirst = np.zeros(len(ts), bool)
+        afirst[a_first] = True
+        new_artist_d = new_cold & afirst & (pa - acnt[ainv] < 1)
         # artists whose recent plays mostly end at 30-40 s (loop / payout catalogs)
         ac = self.artists.table.cols_
         an = ac["n"][s_a].astype(np.float64)
@@ -256,6 +316,7 @@ class CatalogFeatures:
         decay_add(c["n"], ua, f, uinv, w)
         decay_add(c["co"], ua, f, uinv, w * cop)
         decay_add(c["newart"], ua, f, uinv, w * new_artist)
+        decay_add(c["newad"], ua, f, uinv, w * new_artist_d)
         decay_add(c["loopart"], ua, f, uinv, w * loop_art)
         return dict(idx=idx, acc=acc, uacc=ua, uinv=uinv, track=s_t, artist=s_a, ts=ts, day=day,
                     track_listeners=lt, track_heavy=ht, artist_listeners=la, artist_heavy=ha,

@@ -82,6 +82,8 @@ class FraudParams:
     p_coplay: float = 0.05
     p_new_artist: float = 0.25
     new_tracks_free: float = 12.0    # distinct new-artist tracks an account may discover (an album)
+    p_new_artists: float = 0.1       # benign share of plays that open a new cold artist for the day
+    new_artists_free: float = 4.0    # distinct new cold artists an account may discover in a day
     track_alert: float = 20.0        # nats for a track_boost alert
     group_min: int = 3               # members of a lockstep group alert
 
@@ -196,7 +198,7 @@ class AccountFraudModel:
                                               - p.new_identity_free, 0.0),
             # impossible journeys count among 4+ countries a day: ping-pong
             # between home and one or two favourite VPN exits is a VPN toggle
-            "country_switches": 4.0 * np.maximum(F["country_switches"] - 1.0, 0.0)
+            "country_switches": 4.0 * F["country_switches"]
             * (F["countries_today"] > p.countries_free + 0.5),
             "overlaps": 2.0 * np.maximum(F["overlaps"] - 1.0, 0.0),
             "ip_accounts": 0.5 * np.log(np.maximum(F["ip_accounts"] / p.ip_accounts_free, 1.0)) * np.minimum(n12, 30.0),
@@ -383,6 +385,8 @@ class CatalogFraudModel:
             "new_artist_share": binom_llr(np.maximum(c["newart"][ua].astype(np.float64) - p.new_tracks_free, 0.0),
                                           n, p.p_new_artist),
             "loop_catalog_share": binom_llr(c["loopart"][ua].astype(np.float64), n, p.p_loop_catalog),
+            "new_artists": binom_llr(np.maximum(c["newad"][ua].astype(np.float64) - p.new_artists_free, 0.0),
+                                     n, p.p_new_artists),
         }
         return terms, T_track, ev_boost
 
@@ -411,7 +415,8 @@ class CatalogFraudModel:
         rts = np.asarray(batch.record_ts)[idx]
         ids = F.accounts.ids_
         typical = {"listener_concentration": p.p_heavy, "coplay_share": p.p_coplay,
-                   "new_artist_share": p.p_new_artist, "loop_catalog_share": p.p_loop_catalog}
+                   "new_artist_share": p.p_new_artist, "loop_catalog_share": p.p_loop_catalog,
+                   "new_artists": p.p_new_artists}
         thr = p.threshold if p.catalog_threshold is None else p.catalog_threshold
         for j in np.flatnonzero(score >= thr).tolist():
             acc = ids[ua[j]]
@@ -424,7 +429,8 @@ class CatalogFraudModel:
             actual = {"listener_concentration": float(ev_boost[evj].max()),
                       "coplay_share": float(c["co"][ua[j]] / max(n[j], 1e-9)),
                       "new_artist_share": float(c["newart"][ua[j]] / max(n[j], 1e-9)),
-                      "loop_catalog_share": float(c["loopart"][ua[j]] / max(n[j], 1e-9))}
+                      "loop_catalog_share": float(c["loopart"][ua[j]] / max(n[j], 1e-9)),
+                      "new_artists": float(c["newad"][ua[j]] / max(n[j], 1e-9))}
             kb = int(evj[np.argmax(ev_boost[evj])])
             alerts.append(_alert(
                 "catalog_account", "account", acc, t, score[j], top,

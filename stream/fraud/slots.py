@@ -262,12 +262,18 @@ class SlotTable:
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`.
 
+        A column absent from ``state`` (a snapshot taken before the column
+        was added) starts at zero.
+
         Raises:
-            ValueError: if a column is missing or has the wrong length.
+            ValueError: if a column has the wrong length.
         """
         ids = list(state["ids"])
         n = len(ids)
-        for k in self.spec:
+        for k, (dtype, shape) in self.spec.items():
+            if k not in state["cols"]:
+                self.cols_[k] = np.zeros((n, *shape), dtype)
+                continue
             a = np.asarray(state["cols"][k])
             if a.shape[0] != n:
                 raise ValueError(f"state column {k} has {a.shape[0]} rows, expected {n}")
