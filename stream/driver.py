@@ -410,7 +410,8 @@ class StageDriver:
         """State dict and changelog records of one partition (runs in a worker
         thread while the stage lock is held, so the state cannot change)."""
         t0 = time.perf_counter()
-        recs = encode_snapshot(self.stage, p, rt.state_dict(), rt.next_offset, self.settings.snapshot_chunk_bytes)
+        recs = encode_snapshot(self.stage, p, rt.state_dict(), rt.next_offset, self.settings.snapshot_chunk_bytes,
+                               self.settings.snapshot_compress_level)
         return recs, rt.next_offset, time.perf_counter() - t0
 
     async def _snapshot_locked(self, partitions: list[int], why: str = "request") -> None:

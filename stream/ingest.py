@@ -126,8 +126,12 @@ class Dedupe:
 
     def contains(self, event_id: str, ts: float) -> bool:
         """True if ``event_id`` (with event time ``ts``, Unix s) was recorded."""
+        return self.contains_hash(_hash64(event_id), ts)
+
+    def contains_hash(self, h: int, ts: float) -> bool:
+        """:meth:`contains` for a precomputed ``_hash64(event_id)``."""
         s = self.sets_.get(int(ts // self.bucket_s))
-        return s is not None and _hash64(event_id) in s
+        return s is not None and h in s
 
     def seen(self, event_id: str, ts: float) -> bool:
         """True if ``event_id`` was seen (then nothing changes); else record it.
@@ -136,15 +140,19 @@ class Dedupe:
             event_id: the event id.
             ts: its event time, Unix seconds.
         """
-        if self.contains(event_id, ts):
+        h = _hash64(event_id)
+        if self.contains_hash(h, ts):
             return True
-        self.add(event_id, ts)
+        self.add_hash(h, ts)
         return False
 
     def add(self, event_id: str, ts: float) -> None:
         """Record ``event_id`` with event time ``ts`` (Unix s)."""
+        self.add_hash(_hash64(event_id), ts)
+
+    def add_hash(self, h: int, ts: float) -> None:
+        """:meth:`add` for a precomputed ``_hash64(event_id)``."""
         b = int(ts // self.bucket_s)
-        h = _hash64(event_id)
         s = self.sets_.get(b)
         if s is None:
             s = self.sets_[b] = set()
@@ -343,7 +351,8 @@ class PlaysDecoder:
                     dead.append(DeadLetter(rec, reason, detail))
                     continue
                 ts = ev.ts.timestamp()
-            if self.dedupe.contains(ev.event_id, ts):
+            h = _hash64(ev.event_id)
+            if self.dedupe.contains_hash(h, ts):
                 dups += 1
                 continue
             if ts < _MIN_TS_S:
@@ -358,7 +367,7 @@ class PlaysDecoder:
                 dead.append(DeadLetter(rec, DeadLetterReason.too_late,
                                        f"ts {_iso(ts)} is {wm - ts:.0f} s behind the partition watermark"))
                 continue
-            self.dedupe.add(ev.event_id, ts)
+            self.dedupe.add_hash(h, ts)
             if self.max_ts_ is None or ts > self.max_ts_:
                 self.max_ts_ = ts
             rows.append(ev)
