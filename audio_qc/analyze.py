@@ -74,7 +74,9 @@ def measure_from_pass(ps: loudness.PassResult, sr: int, codec: str | None,
     dur = n / sr
     csum, bounds = ps.csum, ps.bounds
     lres = loudness.measure_loudness_from_power(csum, bounds)
-    tp = np.array([loudness.true_peak_channel(ch[i], sr) for i in range(c)])
+    st = ps.stats  # statistics taken while the decoder's chunks were in cache
+    tp = np.array([loudness.true_peak_channel(ch[i], sr, block_max_bits=None if st is None else st.bmax_bits[i])
+                   for i in range(c)])
     peak, dc, corr = ps.peak, ps.dc, ps.lr_correlation
     meas = {
         "integrated_lufs": _r(lres.integrated_lufs),
@@ -93,10 +95,11 @@ def measure_from_pass(ps: loudness.PassResult, sr: int, codec: str | None,
     defects += signal_checks.check_dc(dc, th)
     if not any(d.code == "silence" for d in sil):
         defects += signal_checks.check_clipping(ch, peak, th)
-        defects += signal_checks.check_gaps(ch, sr, blk, th)
+        defects += signal_checks.check_gaps(ch, sr, blk, th, block_max=None if st is None else st.gap_block_max())
         defects += signal_checks.check_clicks(ch, sr, th)
-        low = signal_checks.low_band_correlation(ch, sr)
-        defects += signal_checks.check_stereo(ch, corr, low, th)
+        low = signal_checks.low_band_correlation(ch, sr, means=st.means if st is not None and st.lowband else None)
+        defects += signal_checks.check_stereo(ch, corr, low, th,
+                                              energies=tuple(st.side) if st is not None and st.stereo else None)
         lossy = (codec or "").lower() in LOSSY_CODECS
         cutoff = signal_checks.spectral_cutoff(ch, sr, th)
         defects += signal_checks.check_bandwidth(cutoff, sr, codec, lossy, th)

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 import numba as nb
 import numpy as np
 
+from audio_qc.pass_stats import PassStats
+
 #: Absolute gate of BS.1770-4 and Tech 3342, LUFS.
 ABSOLUTE_GATE_LUFS = -70.0
 #: Relative gate of the integrated loudness, LU below the abs-gated mean.
@@ -242,6 +244,9 @@ class PassResult:
             or a constant channel).
         finite: False when any sample is NaN or infinite (every other field is
             then meaningless).
+        stats: block maxima, low-band block means and side energies taken
+            while the copy was written (:class:`audio_qc.pass_stats.PassStats`;
+            None without ``channels``).
     """
 
     csum: np.ndarray
@@ -251,6 +256,7 @@ class PassResult:
     dc: np.ndarray
     lr_correlation: float | None
     finite: bool
+    stats: PassStats | None = None
 
 
 class AnalysisPass:
@@ -295,6 +301,7 @@ class AnalysisPass:
         self.state_ = np.zeros((n_channels, 13))
         self.state_[:, 8] = -np.inf
         self.state_[:, 9] = np.inf
+        self.stats_ = PassStats(n_channels, sample_rate, max(int(capacity), 0)) if self.copy_channels else None
         self._alloc(max(int(capacity), 0))
 
     def _alloc(self, capacity: int) -> None:
@@ -309,6 +316,7 @@ class AnalysisPass:
             if self.n_:
                 out[:, : self.n_] = self.channels_[:, : self.n_]
             self.channels_ = out
+            self.stats_.grow(capacity)
         self.capacity_ = capacity
 
     def update(self, chunk: np.ndarray) -> None:
@@ -328,6 +336,8 @@ class AnalysisPass:
             _channel_pass(chunk[:, i], dst, self.n_, self.sos_, float(self.weights_[i]), self.bounds_,
                           self.energy_, other, self.state_[i])
         self.n_ += m
+        if self.stats_ is not None:  # while the chunk just copied is in cache
+            self.stats_.update(self.channels_, self.n_)
 
     def result(self) -> PassResult:
         """The :class:`PassResult` of every sample given so far."""
@@ -349,8 +359,9 @@ class AnalysisPass:
                 corr = max(-1.0, min(1.0, float(slr / math.sqrt(sll * srr))))
         out = None
         if self.copy_channels:
+            self.stats_.finish(self.channels_, n)
             out = self.channels_ if n == self.capacity_ else np.ascontiguousarray(self.channels_[:, :n])
-        return PassResult(csum, bounds, out, peak, dc, corr, finite)
+        return PassResult(csum, bounds, out, peak, dc, corr, finite, self.stats_)
 
 
 def analysis_pass(x: np.ndarray, sample_rate: float, channel_major: bool = False,
@@ -503,12 +514,14 @@ def _absmax_bits(bits, start, stop):  # pragma: no cover - compiled
 
 
 @nb.njit(nogil=True)
-def _true_peak_kernel(x, phases, block):  # pragma: no cover - compiled
+def _true_peak_kernel(x, phases, block, pre):  # pragma: no cover - compiled
     """max(|x|, |interpolated x|) of one channel; see :func:`true_peak_channel`.
 
     x: (n,) float32 contiguous, finite; phases: (P, 12) float32; block: output
-    samples per pruning block (>= 11). Output m of phase p is
-    sum_j phases[p, j] * x[m - j], m in [0, n + 11) (zeros outside x).
+    samples per pruning block (>= 11); pre: the block maxima of |x| as int32
+    bit patterns, shape (ceil(n / block),), or size 0 to compute them here.
+    Output m of phase p is sum_j phases[p, j] * x[m - j], m in [0, n + 11)
+    (zeros outside x).
     """
     n = x.shape[0]
     n_ph = phases.shape[0]
@@ -516,8 +529,11 @@ def _true_peak_kernel(x, phases, block):  # pragma: no cover - compiled
     xb = x.view(np.int32)
     nbx = (n + block - 1) // block
     bmi = np.zeros(nbx + 1, dtype=np.int32)  # bm[k + 1]: max |x| over x block k; bm[0] = 0
-    for k in range(nbx):
-        bmi[k + 1] = _absmax_bits(xb, k * block, min(n, (k + 1) * block))
+    if pre.shape[0] == nbx:
+        bmi[1:] = pre
+    else:
+        for k in range(nbx):
+            bmi[k + 1] = _absmax_bits(xb, k * block, min(n, (k + 1) * block))
     bm = bmi.view(np.float32)
     kmax = 0
     top = np.int32(0)
@@ -572,7 +588,8 @@ def _true_peak_kernel(x, phases, block):  # pragma: no cover - compiled
     return best
 
 
-def true_peak_channel(x: np.ndarray, sample_rate: float, block: int = 64) -> float:
+def true_peak_channel(x: np.ndarray, sample_rate: float, block: int = 64,
+                      block_max_bits: np.ndarray | None = None) -> float:
     """True peak of one channel, linear (full scale 1.0).
 
     The polyphase interpolation of BS.1770-4 Annex 2 (4 phases of 12 taps) is
@@ -587,6 +604,10 @@ def true_peak_channel(x: np.ndarray, sample_rate: float, block: int = 64) -> flo
         x: samples, shape (n_samples,), float.
         sample_rate: Hz (4x below 96 kHz, 2x below 192 kHz, 1x above).
         block: samples per pruning block (>= 11).
+        block_max_bits: max |x| of every ``block``-sample block as int32 bit
+            patterns (sign bit cleared), shape (ceil(n_samples / block),), if
+            already known (:class:`audio_qc.pass_stats.PassStats`); ignored
+            when its length does not match.
 
     Returns:
         max(|sample peak|, |interpolated peak|), linear, >= 0.
@@ -604,7 +625,8 @@ def true_peak_channel(x: np.ndarray, sample_rate: float, block: int = 64) -> flo
     phases = _oversampling_phases(sample_rate)
     if not np.any(phases):
         phases = phases[:0]
-    return float(_true_peak_kernel(x, np.ascontiguousarray(phases, dtype=np.float32), int(block)))
+    pre = np.zeros(0, dtype=np.int32) if block_max_bits is None else np.ascontiguousarray(block_max_bits, dtype=np.int32)
+    return float(_true_peak_kernel(x, np.ascontiguousarray(phases, dtype=np.float32), int(block), pre))
 
 
 def true_peak(x: np.ndarray, sample_rate: float) -> np.ndarray:

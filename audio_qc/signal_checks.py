@@ -26,6 +26,7 @@ import numpy as np
 import numba as nb
 from scipy.signal import butter, sosfilt
 
+from audio_qc.pass_stats import block_means2, low_band_decimation, side_energies
 from stream.schemas import Defect, Severity
 
 
@@ -168,7 +169,7 @@ def _block_abs_max(ch, block):  # pragma: no cover - compiled
 
 
 def check_gaps(ch: np.ndarray, sr: int, block_lufs: np.ndarray, th: Thresholds = DEFAULT_THRESHOLDS,
-               block: int = 256) -> list[Defect]:
+               block: int = 256, block_max: np.ndarray | None = None) -> list[Defect]:
     """``gap``: runs of digital silence (>= ``gap_min_s``) inside the music.
 
     A run counts when every channel stays within ``gap_level`` and the 100 ms
@@ -180,13 +181,19 @@ def check_gaps(ch: np.ndarray, sr: int, block_lufs: np.ndarray, th: Thresholds =
     Args:
         ch: shape (n_channels, n_samples).
         block_lufs: 100 ms loudness from :func:`block_loudness`.
+        block_max: max |x| over the channels of each whole ``block``, shape
+            (n_samples // block,), if already known
+            (:meth:`audio_qc.pass_stats.PassStats.gap_block_max`).
     """
     c, n = ch.shape
     nb = n // block
     need = int(th.gap_min_s * sr)
     if nb == 0 or need <= 0:
         return []
-    bmax = _block_abs_max(np.ascontiguousarray(ch, dtype=np.float32), block)
+    if block_max is not None and block_max.shape == (nb,):
+        bmax = block_max
+    else:
+        bmax = _block_abs_max(np.ascontiguousarray(ch, dtype=np.float32), block)
     bs, be = _runs(bmax <= th.gap_level)
     keep = (be - bs) * block >= need - 2 * block
     found = []
@@ -362,17 +369,8 @@ def _signed_histogram(x, scale, bins, stride):  # pragma: no cover - compiled
     return bc
 
 
-@nb.njit(nogil=True, fastmath={"reassoc", "contract"})
-def _side_energies(l, r):  # pragma: no cover - compiled
-    """(sum (l - r)^2, sum (l + r)^2) in float64, one pass, no temporaries."""
-    d2 = 0.0
-    m2 = 0.0
-    for i in range(l.shape[0]):
-        a = np.float64(l[i])
-        b = np.float64(r[i])
-        d2 += (a - b) * (a - b)
-        m2 += (a + b) * (a + b)
-    return d2, m2
+#: sum (L - R)^2 and sum (L + R)^2 (kept under its old name for callers).
+_side_energies = side_energies
 
 
 def amplitude_pile_up(x: np.ndarray, peak: float, bins: int = 1024, stride: int = 2) -> list[tuple[float, float, float]]:
@@ -726,55 +724,8 @@ def check_clicks(ch: np.ndarray, sr: int, th: Thresholds = DEFAULT_THRESHOLDS) -
                    start_s=round(t0, 4), end_s=round(t0 + 4 / sr, 4))]
 
 
-@nb.njit(nogil=True)
-def _pairwise_sum32(a, s0, n):  # pragma: no cover - compiled
-    """sum(a[s0 : s0 + n]) in float32 in numpy's pairwise order for n <= 128
-    (``FLOAT_pairwise_sum``: 8 accumulators, a fixed tree, then the rest in
-    sequence), so the result equals ``a[s0:s0 + n].sum()`` bit for bit."""
-    if n < 8:
-        res = np.float32(0.0)
-        for i in range(n):
-            res += a[s0 + i]
-        return res
-    r0, r1, r2, r3 = a[s0], a[s0 + 1], a[s0 + 2], a[s0 + 3]
-    r4, r5, r6, r7 = a[s0 + 4], a[s0 + 5], a[s0 + 6], a[s0 + 7]
-    i = 8
-    top = n - (n % 8)
-    while i < top:
-        j = s0 + i
-        r0 += a[j]
-        r1 += a[j + 1]
-        r2 += a[j + 2]
-        r3 += a[j + 3]
-        r4 += a[j + 4]
-        r5 += a[j + 5]
-        r6 += a[j + 6]
-        r7 += a[j + 7]
-        i += 8
-    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    while i < n:
-        res += a[s0 + i]
-        i += 1
-    return res
-
-
-@nb.njit(nogil=True)
-def _block_means2(ch, dec, n):  # pragma: no cover - compiled
-    """Means of ``n`` consecutive ``dec``-sample blocks of channels 0 and 1,
-    shape (n, 2), float64 holding the float32 means: equal bit for bit to
-    ``ch[i, :n * dec].reshape(n, dec).mean(axis=1)`` (float32 pairwise sum,
-    float32 division) for ``dec <= 128``, without the reshape's per-row
-    reduction overhead."""
-    out = np.empty((n, 2))
-    d = np.float32(dec)
-    for c in range(2):
-        row = ch[c]
-        for j in range(n):
-            out[j, c] = np.float64(_pairwise_sum32(row, j * dec, dec) / d)
-    return out
-
-
-def low_band_correlation(ch: np.ndarray, sr: int, cutoff_hz: float = 150.0) -> float | None:
+def low_band_correlation(ch: np.ndarray, sr: int, cutoff_hz: float = 150.0,
+                         means: np.ndarray | None = None) -> float | None:
     """L/R correlation of the band below ``cutoff_hz`` (None if undefined).
 
     The channels are block-averaged (a cheap decimation to ~1.4 kHz) and
@@ -784,15 +735,20 @@ def low_band_correlation(ch: np.ndarray, sr: int, cutoff_hz: float = 150.0) -> f
 
     Args:
         ch: shape (n_channels, n_samples); channels 0 and 1 are L and R.
+        means: the block means, shape (n_samples // dec, 2), if already known
+            (:class:`audio_qc.pass_stats.PassStats`, taken during the decode).
     """
     if ch.shape[0] < 2:
         return None
-    dec = max(1, int(sr // 1400))
+    dec = low_band_decimation(sr)
     n = ch.shape[1] // dec
     if n < 64:
         return None
-    if ch.dtype == np.float32 and dec <= 128:  # the usual case: the same means, compiled
-        lr = _block_means2(np.ascontiguousarray(ch[:2]), dec, n)
+    if means is not None and means.shape == (n, 2):
+        lr = means
+    elif ch.dtype == np.float32 and dec <= 128:  # the usual case: the same means, compiled
+        lr = np.empty((n, 2))
+        block_means2(np.ascontiguousarray(ch[:2]), dec, 0, n, lr)
     else:  # other dtypes, or sample rates over 180 kHz (beyond one pairwise block)
         lr = np.stack([ch[i, : n * dec].reshape(n, dec).mean(axis=1) for i in (0, 1)], axis=1).astype(np.float64)
     return _low_band_corr(lr, sr, dec, cutoff_hz)
@@ -810,7 +766,8 @@ def _low_band_corr(lr: np.ndarray, sr: int, dec: int, cutoff_hz: float) -> float
 
 
 def check_stereo(
-    ch: np.ndarray, corr: float | None, low_corr: float | None, th: Thresholds = DEFAULT_THRESHOLDS
+    ch: np.ndarray, corr: float | None, low_corr: float | None, th: Thresholds = DEFAULT_THRESHOLDS,
+    energies: tuple[float, float] | None = None,
 ) -> list[Defect]:
     """``dual_mono`` and ``polarity_inverted`` for files with >= 2 channels.
 
@@ -818,6 +775,8 @@ def check_stereo(
         ch: shape (n_channels, n_samples).
         corr: full-band L/R correlation (None when undefined).
         low_corr: low-band L/R correlation (:func:`low_band_correlation`).
+        energies: (sum (L - R)^2, sum (L + R)^2) if already known
+            (:class:`audio_qc.pass_stats.PassStats`); computed from ``ch`` otherwise.
 
     Polarity is ``warning`` when the low band is anti-correlated below
     ``polarity_low_corr``; ``uncertain`` when the low band is only slightly
@@ -828,8 +787,11 @@ def check_stereo(
     if ch.shape[0] < 2:
         return []
     out = []
-    diff, summ = _side_energies(np.ascontiguousarray(ch[0], dtype=np.float32),
-                                np.ascontiguousarray(ch[1], dtype=np.float32))
+    if energies is not None:
+        diff, summ = float(energies[0]), float(energies[1])
+    else:
+        diff, summ = side_energies(np.ascontiguousarray(ch[0], dtype=np.float32),
+                                   np.ascontiguousarray(ch[1], dtype=np.float32))
     if summ > 0 and np.sqrt(diff / summ) < th.dual_mono_ratio:
         out.append(Defect(code="dual_mono", severity=Severity.warning,
                           detail=f"left and right are identical (difference {10 * np.log10(max(diff, 1e-30) / summ):.0f} dB)"))

@@ -192,10 +192,18 @@ def raw_values(path: Path) -> dict | None:
     if not ps.finite:
         return {"finite": False}
     ch, sr = ps.channels, dec.sample_rate
+    st = getattr(ps, "stats", None)  # what analyze_path uses, where the code has it
     lr = loudness.measure_loudness_from_power(ps.csum, ps.bounds)
     out: dict = {
         "loudness": [lr.integrated_lufs, lr.loudness_range_lu, lr.max_momentary_lufs, lr.max_short_term_lufs],
         "true_peak": [loudness.true_peak_channel(ch[i], sr) for i in range(len(ch))],
+        "true_peak_as_analyze": [loudness.true_peak_channel(ch[i], sr, **({} if st is None else {
+            "block_max_bits": st.bmax_bits[i]})) for i in range(len(ch))],
+        "low_band_as_analyze": signal_checks.low_band_correlation(ch, sr, **({} if st is None or not st.lowband else {
+            "means": st.means})),
+        "side_as_analyze": None if len(ch) < 2 else (
+            list(signal_checks._side_energies(ch[0], ch[1])) if st is None else st.side.tolist()),
+        "gap_blocks_as_analyze": (signal_checks._block_abs_max(ch, 256) if st is None else st.gap_block_max()).tolist(),
         "peak": ps.peak.tolist(), "dc": ps.dc.tolist(), "corr": ps.lr_correlation,
         "csum_last": float(ps.csum[-1]),
         "flat_runs": [list(signal_checks.flat_runs(ch[i], 3, float(ps.peak[i]))) for i in range(len(ch))],
