@@ -474,7 +474,7 @@ def create_app(
                 # idle partitions: one due snapshot per stage and tick (staggered)
                 due = d.due_partitions()
                 if due:
-                    await d.snapshot(due[:1], "timer")
+                    await d.snapshot(due[:1], "timer", wait=False)
             elif d.pending and d.snapshot_due():
                 await d.snapshot()
         try:

@@ -15,7 +15,8 @@ CONVENTIONS.md, "State and offsets move together":
    state is written to ``changelog`` and awaited; partitions are snapshotted
    one at a time (staggered), and the state is captured and encoded in a
    worker thread while the stage's lock is held, so the event loop (the other
-   stage, fetches, heartbeats, produce acks) keeps running meanwhile;
+   stage, fetches, heartbeats, produce acks) keeps running meanwhile; the
+   stage's next batches run while the snapshot's records are being written;
 5. only then are the events acked, so Faust commits an offset only when the
    alerts of every record before it are produced and a snapshot covers it.
 
@@ -231,6 +232,8 @@ class StageDriver:
         #: per partition: monotonic time of its last snapshot, and its cost (s)
         self.last_snapshot: dict[int, float] = {}
         self.snapshot_cost_s: dict[int, float] = {}
+        #: snapshot writes not yet acknowledged by the broker (see _snapshot_locked)
+        self._inflight: set = set()
         self._started = time.monotonic()
         self.audit_path = audit_path
         self._audit_fh = open(audit_path, "a", buffering=1) if audit_path else None
@@ -400,11 +403,18 @@ class StageDriver:
                 log.info("restored %s/%d at offset %d", self.stage, p, rt.next_offset)
             self.runtimes[p] = rt
 
-    async def snapshot(self, partitions: list[int] | None = None, why: str = "request") -> None:
-        """Write snapshots of ``partitions`` (default: all with pending acks),
-        then ack their pending events."""
+    async def snapshot(self, partitions: list[int] | None = None, why: str = "request", wait: bool = True) -> None:
+        """Write snapshots of ``partitions`` (default: all with pending acks)
+        and ack the events they cover once written; with ``wait``, return
+        only when they and every snapshot still in flight are written and
+        acked (shutdown: ``PlayGuardApp.on_stop``)."""
         async with self.lock:
-            await self._snapshot_locked(list(self.pending) if partitions is None else partitions, why)
+            await self._snapshot_locked(list(self.pending) if partitions is None else partitions, why, wait=wait)
+
+    async def drain(self) -> None:
+        """Wait for every snapshot still being written (and its acks)."""
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
 
     def _encode(self, rt: PartitionRuntime, p: int) -> tuple[list[tuple[bytes, bytes]], int, float]:
         """State dict and changelog records of one partition (runs in a worker
@@ -414,32 +424,57 @@ class StageDriver:
                                self.settings.snapshot_compress_level)
         return recs, rt.next_offset, time.perf_counter() - t0
 
-    async def _snapshot_locked(self, partitions: list[int], why: str = "request") -> None:
-        """Snapshot each partition in turn, then ack the events it covers.
-        Called with ``self.lock`` held: no batch of this stage runs meanwhile."""
+    async def _snapshot_locked(self, partitions: list[int], why: str = "request", wait: bool = False) -> None:
+        """Snapshot each partition in turn; ack the events it covers once its
+        records are in ``changelog``.
+
+        Called with ``self.lock`` held: the state is captured (encoded in the
+        snapshot thread) while no batch of this stage runs, and the events
+        pending at that moment are the ones it covers. Writing the records
+        (up to 17 MB for a catalog partition at soak rates) no longer holds
+        the lock: a task awaits the sends, then acks those events (only if
+        the partition is still owned by the same runtime); on a failed send
+        they go back to the pending list for the next snapshot. With ``wait``
+        (revocation, shutdown, explicit requests) this returns only when
+        every snapshot in flight is written and acked."""
+        loop = asyncio.get_running_loop()
         for p in partitions:
             rt = self.runtimes.get(p)
             if rt is None:
                 continue
             t0 = time.monotonic()
-            recs, _seq, state_s = await asyncio.get_running_loop().run_in_executor(
-                _SNAPSHOT_THREAD, self._encode, rt, p)
+            recs, _seq, state_s = await loop.run_in_executor(_SNAPSHOT_THREAD, self._encode, rt, p)
+            evs = self.pending.pop(p, [])
             t1 = time.monotonic()
+            self.last_snapshot[p] = t1
             futs = [await self.topics["changelog"].send(key=key, value=value, force=True) for key, value in recs]
+            task = loop.create_task(self._finish_snapshot(p, rt, futs, evs, t0, t1, state_s,
+                                                          sum(len(v) for _, v in recs), why))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        if wait:
+            await self.drain()
+
+    async def _finish_snapshot(self, p: int, rt: PartitionRuntime, futs: list, evs: list, t0: float, t1: float,
+                               state_s: float, nbytes: int, why: str) -> None:
+        """Await one snapshot's sends, then ack the events it covers."""
+        try:
             if futs:
                 await asyncio.gather(*futs)
-            evs = self.pending.pop(p, [])
-            if self.runtimes.get(p) is rt:  # only what a snapshot now covers is acked
-                ack = self._ack
-                for m in evs:
-                    ack(m)
-            now = time.monotonic()
-            self.last_snapshot[p] = now
-            self.snapshot_cost_s[p] = now - t0
-            if self.trace is not None:
-                self.trace.write("snapshot", stage=self.stage, partition=p, why=why, state_s=round(state_s, 4),
-                                 lock_s=round(t1 - t0, 4), send_s=round(now - t1, 4),
-                                 bytes=sum(len(v) for _, v in recs))
+        except Exception:  # noqa: BLE001 - not acked: the next snapshot covers them
+            log.exception("snapshot of %s/%d failed", self.stage, p)
+            if self.runtimes.get(p) is rt:
+                self.pending[p] = evs + self.pending.get(p, [])
+            return
+        if self.runtimes.get(p) is rt:  # only what a snapshot now covers is acked
+            ack = self._ack
+            for m in evs:
+                ack(m)
+        now = time.monotonic()
+        self.snapshot_cost_s[p] = now - t0
+        if self.trace is not None:
+            self.trace.write("snapshot", stage=self.stage, partition=p, why=why, state_s=round(state_s, 4),
+                             lock_s=round(t1 - t0, 4), send_s=round(now - t1, 4), bytes=nbytes)
 
     async def on_revoked(self, partitions: set[int]) -> None:
         """Snapshot and drop revoked partitions (best effort within 5 s: if the
@@ -455,7 +490,7 @@ class StageDriver:
                 self.pending.pop(p, None)
             return
         try:
-            await self._snapshot_locked(mine, "revoke")
+            await self._snapshot_locked(mine, "revoke", wait=True)
         except Exception:  # noqa: BLE001 - a failed snapshot only costs re-processing
             log.exception("snapshot on revoke failed")
         finally:

@@ -161,6 +161,7 @@ def test_snapshots_are_staggered_threaded_and_ack_only_what_they_cover(tmp_path)
         d.snapshot_cost_s.clear()
         ev2 = _events({0: [2], 2: [3]}, log)
         await d.handle(ev2)
+        await d.drain()  # the snapshot's records are written after handle() returns
         return ev1, ev2
 
     ev1, ev2 = asyncio.run(scenario())
@@ -263,3 +264,53 @@ def test_batch_intake_batches_drops_stale_generations_and_applies_back_pressure(
     assert not any(x[0] == "ack" for x in log), "the intake never acks"
     with pytest.raises(ValueError):
         BatchIntake(max_buffered=0)
+
+
+class _SlowChangelog(_Topic):
+    """Changelog whose writes complete (or fail) only when the test says so."""
+
+    def __init__(self, name, log):
+        super().__init__(name, log)
+        self.futs: list = []
+
+    async def send(self, key=None, value=None, partition=None, timestamp=None, headers=None, force=False):
+        self.log.append(("send", self.name, key))
+        fut = asyncio.get_running_loop().create_future()
+        self.futs.append(fut)
+        return fut
+
+
+def test_snapshot_write_does_not_block_the_stage_and_acks_only_when_written(tmp_path):
+    log: list = []
+    d, _ = _driver(tmp_path, log, interval=5.0, trace=False)
+    slow = d.topics["changelog"] = _SlowChangelog("changelog", log)
+
+    async def scenario():
+        ev1 = _events({0: [0, 1]}, log)
+        d._started = time.monotonic() - 10.0  # partition 0 due after this batch
+        await d.handle(ev1)  # snapshot of partition 0 encoded, its write still pending
+        assert len(slow.futs) == 1 and not any(e.acked for e in ev1)
+        ev2 = _events({0: [2]}, log)
+        await asyncio.wait_for(d.handle(ev2), 1.0)  # the stage is not blocked by the write
+        assert d.pending[0] == ev2, "events after the captured state wait for the next snapshot"
+        slow.futs[0].set_result(None)
+        await d.drain()
+        assert all(e.acked for e in ev1) and not any(e.acked for e in ev2)
+        # a failed write acks nothing and puts its events back for the next snapshot
+        d.last_snapshot[0] = time.monotonic() - 10.0
+        ev3 = _events({0: [3]}, log)
+        await d.handle(ev3)
+        slow.futs[-1].set_exception(RuntimeError("broker gone"))
+        await d.drain()
+        assert not any(e.acked for e in ev2 + ev3)
+        assert [e.offset for e in d.pending[0]] == [2, 3]
+        # shutdown: snapshot() waits for the write and acks everything
+        task = asyncio.ensure_future(d.snapshot())
+        while len(slow.futs) < 3:
+            await asyncio.sleep(0.01)
+        assert not task.done()
+        slow.futs[-1].set_result(None)
+        await asyncio.wait_for(task, 1.0)
+        assert all(e.acked for e in ev2 + ev3) and not d.pending
+
+    asyncio.run(scenario())
