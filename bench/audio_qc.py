@@ -29,7 +29,9 @@ page cache).
 * ``soundfile decode only``: ``sf.read(F, dtype="float32")``.
 
 ``--stages`` also prints the CPU time of each stage of the in-process QC
-(integrity, decode + analysis pass, true peak, each signal check).
+(integrity, decode + analysis pass, true peak, each signal check), with the
+statistics that the analysis pass takes for the checks
+(:mod:`audio_qc.pass_stats`) handed to them, as :func:`analyze_path` does.
 
 ``--reports OUT.json [--compare BASE.json]`` does not time anything: it
 writes the in-process QC report (:func:`audio_qc.analyze.analyze_path`, what
@@ -39,7 +41,7 @@ from every stereo real track (seeded, re-made each run), together with the
 unrounded values of the signal-check functions (:func:`raw_values`); with
 ``--compare`` it then lists every difference from a file written the same
 way by other code (reports: exact; raw values: 1e-6 relative) and exits 1 if
-there is one. It is how the speed work shows that no QC result changed.
+there is one (``--no-run``: compare an existing ``--reports`` file only). It is how the speed work shows that no QC result changed.
 """
 
 from __future__ import annotations
@@ -116,13 +118,17 @@ def stages(path: Path, repeat: int) -> dict[str, float]:
         ps = sink.result()
         ch, sr = ps.channels, dec.sample_rate
         run("gating, M/S max, LRA", loudness.measure_loudness_from_power, ps.csum, ps.bounds)
-        run("true peak (4x polyphase)", lambda: [loudness.true_peak_channel(ch[i], sr) for i in range(len(ch))])
+        st = ps.stats  # block maxima, low-band means, side energies: taken in the decode pass
+        run("true peak (4x polyphase)", lambda: [loudness.true_peak_channel(ch[i], sr, block_max_bits=st.bmax_bits[i])
+                                                 for i in range(len(ch))])
         blk = signal_checks.block_loudness(ps.csum, ps.bounds)
         run("signal: check_clipping", signal_checks.check_clipping, ch, ps.peak)
-        run("signal: check_gaps", signal_checks.check_gaps, ch, sr, blk)
+        run("signal: check_gaps", lambda: signal_checks.check_gaps(ch, sr, blk, block_max=st.gap_block_max()))
         run("signal: check_clicks", signal_checks.check_clicks, ch, sr)
-        low = run("signal: low_band_correlation", signal_checks.low_band_correlation, ch, sr)
-        run("signal: check_stereo", signal_checks.check_stereo, ch, ps.lr_correlation, low)
+        low = run("signal: low_band_correlation",
+                  lambda: signal_checks.low_band_correlation(ch, sr, means=st.means if st.lowband else None))
+        run("signal: check_stereo", lambda: signal_checks.check_stereo(
+            ch, ps.lr_correlation, low, energies=tuple(st.side) if st.stereo else None))
         cut = run("signal: spectral_cutoff", signal_checks.spectral_cutoff, ch, sr)
         signal_checks.check_bandwidth(cut, sr, dec.codec, (dec.codec or "") in LOSSY_CODECS)
         del ch, ps, sink
@@ -229,9 +235,13 @@ def _close(a, b, rel: float = 1e-6) -> bool:
     return a == b
 
 
-def reports(out_path: Path, compare: Path | None) -> int:
-    """Write (and compare) the reports and raw values; see the module docstring."""
+def reports(out_path: Path, compare: Path | None, reuse: bool = False) -> int:
+    """Write (and compare) the reports and raw values; see the module docstring.
+    With ``reuse``, ``out_path`` is an earlier output: only the comparison runs."""
     import json
+
+    if reuse:
+        return _compare(json.loads(out_path.read_text()), compare)
 
     from audio_qc.corrupt import make_variants
 
@@ -262,6 +272,13 @@ def reports(out_path: Path, compare: Path | None) -> int:
                 v.path.unlink(missing_ok=True)
     out_path.write_text(json.dumps(res, indent=0, sort_keys=True, allow_nan=True))
     print(f"{len(res)} reports written to {out_path} in {time.time() - t0:.0f} s")
+    return _compare(res, compare)
+
+
+def _compare(res: dict, compare: Path | None) -> int:
+    """Print every difference between ``res`` and the ``--reports`` file ``compare``."""
+    import json
+
     if compare is None:
         return 0
     base = json.loads(compare.read_text())
@@ -274,10 +291,26 @@ def reports(out_path: Path, compare: Path | None) -> int:
         if base[k]["report"] != res[k]["report"]:
             print(f"  REPORT differs: {k}\n    base {base[k]['report']}\n    new  {res[k]['report']}")
             diffs += 1
-        if not _close(base[k]["raw"], res[k]["raw"]):
-            bad = [f for f in (base[k]["raw"] or {}) if not _close(base[k]["raw"].get(f), (res[k]["raw"] or {}).get(f))]
-            print(f"  raw values differ: {k}: {bad or 'all'}")
+        braw, nraw = base[k]["raw"], res[k]["raw"]
+        if isinstance(braw, dict) and isinstance(nraw, dict):
+            # values that only newer code records (``*_as_analyze``) are checked against
+            # the standalone value of the same run below; every value of the base must match
+            bad = [f for f in braw if f not in nraw or not _close(braw[f], nraw[f])]
+        else:
+            bad = [] if _close(braw, nraw) else ["all"]
+        if bad:
+            print(f"  raw values differ: {k}: {bad}")
             diffs += 1
+        if isinstance(nraw, dict):
+            for fa, fs in (("true_peak_as_analyze", "true_peak"), ("low_band_as_analyze", "low_band_correlation"),
+                           ("side_as_analyze", "side_energies")):
+                if fa in nraw and fs in nraw and not _close(nraw[fa], nraw[fs], 1e-9):
+                    print(f"  {fa} != {fs}: {k}: {nraw[fa]} {nraw[fs]}")
+                    diffs += 1
+            ga = nraw.get("gap_blocks_as_analyze")
+            if ga is not None and ga[::97] != nraw["gap_blocks"]:
+                print(f"  gap_blocks_as_analyze != gap_blocks: {k}")
+                diffs += 1
     print(f"compared {len(res)} files with {compare}: {diffs} difference(s)")
     return 1 if diffs else 0
 
@@ -290,11 +323,13 @@ def main() -> int:
     ap.add_argument("--stages", action="store_true", help="also print the CPU time of each QC stage")
     ap.add_argument("--reports", type=Path, help="write every QC report and raw check values here instead (JSON)")
     ap.add_argument("--compare", type=Path, help="with --reports: compare with this earlier --reports file")
+    ap.add_argument("--no-run", action="store_true", help="with --reports and --compare: --reports is an earlier "
+                    "output, only compare it")
     args = ap.parse_args()
     if args.agreement:
         return agreement()
     if args.reports:
-        return reports(args.reports, args.compare)
+        return reports(args.reports, args.compare, reuse=args.no_run)
     try:
         os.sched_setaffinity(0, {0})
     except (AttributeError, OSError):
