@@ -244,6 +244,25 @@ def _consumer_class(thread_cls):
     return Consumer
 
 
+def tune_gc(freeze: bool, thresholds: tuple[int, int, int] | None) -> None:
+    """Garbage-collector settings of the worker (``Settings.gc_freeze``,
+    ``Settings.gc_thresholds``): optionally collect once and freeze every
+    object alive now (``gc.freeze``: start-up objects are never scanned
+    again), then set the collection thresholds (``gc.set_threshold``).
+
+    Raises:
+        ValueError: if a threshold is not positive.
+    """
+    if freeze:
+        gc.collect()
+        gc.freeze()
+        log.info("gc.freeze: %d objects frozen", gc.get_freeze_count())
+    if thresholds is not None:
+        if len(thresholds) != 3 or any(int(t) <= 0 for t in thresholds):
+            raise ValueError(f"gc thresholds must be three positive integers, got {thresholds!r}")
+        gc.set_threshold(*(int(t) for t in thresholds))
+
+
 def _drop_spinner_logging() -> None:
     """Undo the DEBUG root level that Faust's start-up spinner sets.
 
@@ -274,6 +293,7 @@ class PlayGuardApp(faust.App):
     intakes: dict = {}
     fetch_max_wait_ms: int = 50
     gc_freeze: bool = True
+    gc_thresholds: tuple[int, int, int] | None = None
 
     async def on_start(self) -> None:
         """Before consuming: with ``Settings.gc_freeze``, collect once and
@@ -284,10 +304,7 @@ class PlayGuardApp(faust.App):
         ~20 s under load; objects created later are collected as usual."""
         await super().on_start()
         _drop_spinner_logging()
-        if self.gc_freeze:
-            gc.collect()
-            gc.freeze()
-            log.info("gc.freeze: %d objects frozen", gc.get_freeze_count())
+        tune_gc(self.gc_freeze, self.gc_thresholds)
 
     def _new_transport(self):
         """Faust's aiokafka transport, with the consumer fetch wait of the settings."""
@@ -354,6 +371,7 @@ def create_app(
     app.drivers = []
     app.fetch_max_wait_ms = s.consumer_fetch_max_wait_ms
     app.gc_freeze = s.gc_freeze
+    app.gc_thresholds = s.gc_thresholds
     trace = LatencyTrace(s.trace_path) if s.trace_path else None
     t = s.topics
     plays = app.topic(t.plays, value_type=bytes, key_type=bytes, partitions=s.partitions)

@@ -127,6 +127,13 @@ class Settings(BaseSettings):
     #: collector's reach (``gc.freeze``), so full collections stop scanning
     #: them; they blocked the event loop for 0.2-0.6 s about every 20 s.
     gc_freeze: bool = True
+    #: ``gc.set_threshold`` of the worker, applied at start (CPython defaults:
+    #: 700, 10, 10). At 15k plays/s the defaults ran a full (generation-2)
+    #: collection every ~2 s over the growing model state, 0.3 s each (max
+    #: 1 s) and collecting nothing: 29 s of a 215 s soak with the event loop
+    #: stopped (RELIABILITY.md, "Soak"). Objects still die by reference
+    #: counting; only cyclic garbage waits longer.
+    gc_thresholds: tuple[int, int, int] = (50_000, 20, 100)
     #: Optional JSONL file of per-batch, per-snapshot and per-alert timings
     #: (latency diagnosis; ``bench/soak.py --trace``). None: no trace.
     trace_path: Path | None = None

@@ -314,3 +314,16 @@ def test_snapshot_write_does_not_block_the_stage_and_acks_only_when_written(tmp_
         assert all(e.acked for e in ev2 + ev3) and not d.pending
 
     asyncio.run(scenario())
+
+
+def test_worker_gc_thresholds_are_applied_and_checked():
+    from stream.app import tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc(False, Settings().gc_thresholds)
+        assert gc.get_threshold() == (50_000, 20, 100)
+        with pytest.raises(ValueError):
+            tune_gc(False, (0, 10, 10))
+    finally:
+        gc.set_threshold(*before)
