@@ -96,15 +96,23 @@ class PlayBatch:
 
     @classmethod
     def from_events(
-        cls, events: Sequence[PlayEvent], record_ts: Sequence[float] | None = None
+        cls, events: Sequence[PlayEvent], record_ts: Sequence[float] | None = None,
+        ts: Sequence[float] | None = None,
     ) -> "PlayBatch":
-        """Build a batch from validated :class:`PlayEvent` objects.
+        """Build a batch from validated :class:`PlayEvent` objects (or any
+        objects with the same attribute names, such as the ingest decoder's
+        msgspec rows).
 
         Args:
             events: n events.
             record_ts: n Kafka record timestamps (Unix s); defaults to ``ts``.
+            ts: n event times (Unix s) when already parsed; defaults to
+                ``e.ts.timestamp()`` of each event.
         """
-        ts = np.fromiter((e.ts.timestamp() for e in events), np.float64, len(events))
+        if ts is None:
+            ts = np.fromiter((e.ts.timestamp() for e in events), np.float64, len(events))
+        else:
+            ts = np.array(ts, np.float64)
         return cls(
             event_id=[e.event_id for e in events],
             ts=ts,

@@ -237,31 +237,7 @@ def _fast_play(value: bytes) -> tuple[_PlayWire, float] | None:
 def _wire_batch(rows: list, ts: list[float], record_ts: list[float]) -> PlayBatch:
     """Columnar :class:`PlayBatch` of decoded plays (``_PlayWire`` or
     :class:`PlayEvent`, both with the same attribute names; ``ts`` in Unix s)."""
-    n = len(rows)
-
-    def tri(name: str) -> np.ndarray:
-        return np.fromiter((-1 if (v := getattr(r, name)) is None else int(v) for r in rows), np.int8, n)
-
-    return PlayBatch(
-        event_id=[r.event_id for r in rows],
-        ts=np.array(ts, np.float64),
-        account_id=[r.account_id for r in rows],
-        track_id=[r.track_id for r in rows],
-        artist_id=[r.artist_id for r in rows],
-        ms_played=np.fromiter((r.ms_played for r in rows), np.int64, n),
-        track_duration_ms=np.fromiter(
-            (-1 if r.track_duration_ms is None else r.track_duration_ms for r in rows), np.int64, n),
-        platform=[r.platform for r in rows],
-        device_id=[r.device_id for r in rows],
-        ip=[r.ip for r in rows],
-        country=[r.country for r in rows],
-        reason_start=[r.reason_start for r in rows],
-        reason_end=[r.reason_end for r in rows],
-        shuffle=tri("shuffle"),
-        skipped=tri("skipped"),
-        offline=tri("offline"),
-        record_ts=np.array(record_ts, np.float64),
-    )
+    return PlayBatch.from_events(rows, record_ts=record_ts, ts=ts)
 
 
 def _classify_validation(exc: ValidationError, value: bytes) -> tuple[DeadLetterReason, str]:
