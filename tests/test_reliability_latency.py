@@ -327,3 +327,61 @@ def test_worker_gc_thresholds_are_applied_and_checked():
             tune_gc(False, (0, 10, 10))
     finally:
         gc.set_threshold(*before)
+
+
+def test_drain_loop_drops_a_fetch_that_straddled_a_rebalance_and_seeks_back():
+    """Records fetched before a rebalance but returned after it must not reach
+    a stage: Faust's own loop reads the generation after the fetch, so such
+    records (read ahead of the committed offset) registered the offsets
+    between the committed one and themselves as a gap, and the re-fetch from
+    the committed offset was then discarded as old (the crash test's 161
+    unprocessed offsets). Here they are dropped, the consumer seeks back to
+    the committed offsets, and the re-fetched records all reach the intake."""
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from stream.app import create_app
+
+    s = Settings(bootstrap_servers="127.0.0.1:1")
+    app = create_app(s, Metrics(), models="rules", audio=False)
+    consumer = app.consumer
+    tp = TP(s.topics.plays, 0)
+    committed = 50
+    consumer._read_offset[tp] = committed
+    app.consumer_generation_id = 1
+    calls = {"fetch": 0, "seek": 0}
+    fetcher = SimpleNamespace(_stopped=asyncio.Event())
+
+    def recs(first, n):
+        return [SimpleNamespace(offset=o) for o in range(first, first + n)]
+
+    async def wait_next_records(timeout):
+        calls["fetch"] += 1
+        if calls["fetch"] == 1:
+            # a rebalance completes while this fetch is in flight; the
+            # records were read ahead, before the new owner's seek
+            app.consumer_generation_id = 2
+            return {tp: recs(100, 5)}, {tp}
+        fetcher._stopped.set()
+        return {tp: recs(committed, 5)}, {tp}
+
+    async def perform_seek():
+        calls["seek"] += 1
+        consumer._read_offset[tp] = committed
+
+    def to_message(tp_, rec):
+        return SimpleNamespace(tp=tp_, offset=rec.offset, generation_id=app.consumer_generation_id)
+
+    consumer._wait_next_records = wait_next_records
+    consumer.perform_seek = perform_seek
+    consumer._to_message = to_message
+
+    async def run():
+        await consumer._drain_messages(fetcher)
+        return await app.intakes[s.topics.plays].take(max_records=100, within_s=0.0)
+
+    got = asyncio.run(run())
+    assert [m.offset for m in got] == list(range(committed, committed + 5))
+    assert not consumer._gap.get(tp), "no offsets may be registered as a gap"
+    assert calls == {"fetch": 2, "seek": 1}
