@@ -193,3 +193,27 @@ def test_odd_hour_evidence_of_a_new_identity_does_not_fade_with_its_own_plays():
     # each night play from the new identity adds about as much surprise as the
     # first ones did (the hijacker's plays do not teach the account its hours)
     assert gain[-5:].mean() > 0.7 * gain[:5].mean() > 0.5
+
+
+def test_own_devices_stay_known_while_ips_churn():
+    """New IPs (mobile carriers, VPN exits) must not move the account's device
+    list cursor: each kind (device / IP / country) has its own round-robin
+    cursor. With one shared cursor, the first sighting of a second device could
+    overwrite the account's main phone, which then came back as "new" for a day
+    (and with a VPN exit country, as a new identity at an odd hour)."""
+    from stream.fraud.features_account import FEATURE_NAMES
+    ips = ["10.0.0.1", "100.64.0.1", "100.64.0.2", "100.64.0.3", "185.1.1.1"]
+    for extra in range(3):  # shift the IP churn so a shared cursor hits every slot
+        m = AccountFraudModel(Settings())
+        t = T0
+        for k in range(4 * 30 + extra):  # 4 days on the phone, IPs churning
+            t += 2880.0
+            m.features.update(PlayBatch.from_dicts(_rows(
+                "user", [t], [f"Home::song {k % 25}"], ip=ips[k % len(ips)], device_id="phone", country="FR")))
+        m.features.update(PlayBatch.from_dicts(_rows("user", [t + 60], ["Home::song 1"], ip=ips[0],
+                                                     device_id="laptop", country="FR")))
+        for k in range(10):  # back on the phone
+            slots, X, _ = m.features.update(PlayBatch.from_dicts(_rows(
+                "user", [t + 300 + 200 * k], ["Home::song 2"], ip=ips[0], device_id="phone", country="FR")))
+        # only the laptop's one play is from a new device
+        assert X[0, FEATURE_NAMES.index("new_device_plays")] < 1.01, extra

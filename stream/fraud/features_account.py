@@ -358,6 +358,9 @@ class AccountFeatures:
         nz = h != 0
         if not nz.any():
             return nz
+        # one round-robin cursor per kind: a shared cursor let new IPs evict
+        # the account's own devices, which then came back as "new"
+        kind = {"dev": 0, "ip": 1, "ctry": 2}[key]
         tfirst = np.empty(len(a))
         _first_seen_scan(c[key], c[tkey], a, h, tfirst)
         miss = np.isinf(tfirst) & nz
@@ -368,10 +371,10 @@ class AccountFeatures:
                 if (s, v) in seen:
                     continue
                 seen.add((s, v))
-                j = int(c["rr"][s, 0]) % 3
+                j = int(c["rr"][s, kind]) % 3
                 c[key][s, j] = v
                 c[tkey][s, j] = t
-                c["rr"][s, 0] = (j + 1) % 3
+                c["rr"][s, kind] = (j + 1) % 3
             _first_seen_scan(c[key], c[tkey], a, h, tfirst)
         return nz & (ts - tfirst < DAY)
 
