@@ -16,6 +16,12 @@ hands them to its :class:`~stream.driver.StageDriver`, which acks each message
 only after its alerts are produced and a snapshot covers it. Faust still owns
 the consumer group, rebalances, offsets and commits. The audio stage (a few
 records a second) keeps Faust's agent with ``stream.noack().take_events``.
+
+A worker runs every stage by default. ``stages=("account",)`` or
+``("catalog",)`` (``playguard worker --stages``) runs one play stage per
+process, in its own consumer group (``<app_id>.<stage>``), so the two stages
+get a core and an event loop each: one stage's batches, snapshots and
+collections then never delay the other's alerts (RELIABILITY.md, "Soak").
 """
 
 from __future__ import annotations
@@ -363,12 +369,36 @@ class PlayGuardApp(faust.App):
         await super().on_stop()
 
 
+#: the play stages a worker runs by default
+PLAY_STAGES: tuple[str, ...] = ("account", "catalog")
+
+
+def parse_stages(stages) -> tuple[str, ...]:
+    """Play stages from ``("account", "catalog")``-like input or a
+    comma-separated string (``playguard worker --stages account``), in
+    topology order.
+
+    Raises:
+        ValueError: on an unknown stage or an empty set.
+    """
+    if isinstance(stages, str):
+        stages = [x.strip() for x in stages.split(",") if x.strip()]
+    got = set(stages)
+    unknown = got - set(PLAY_STAGES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {', '.join(PLAY_STAGES)}")
+    if not got:
+        raise ValueError(f"no stage given; choose from {', '.join(PLAY_STAGES)}")
+    return tuple(st for st in PLAY_STAGES if st in got)
+
+
 def create_app(
     settings: Settings,
     metrics: Metrics,
     models: str = "full",
     audit_path: Path | None = None,
     audio: bool = True,
+    stages: tuple[str, ...] = PLAY_STAGES,
 ) -> PlayGuardApp:
     """Build the Faust app with its three agents.
 
@@ -378,17 +408,26 @@ def create_app(
         models: model set of :mod:`stream.pipeline` (``full``, ``rules``, ``noop``).
         audit_path: optional JSONL file of processed offset ranges.
         audio: run the audio-QC agent.
+        stages: the play stages this worker runs (``account``, ``catalog``).
+            With one of the two, the consumer group is ``<app_id>.<stage>``:
+            a Kafka group whose members subscribe to different topics would
+            let Faust's assignor hand a member partitions it never reads.
+
+    Raises:
+        ValueError: on an unknown or empty stage set.
     """
     s = settings
+    stages = parse_stages(stages)
+    group = s.app_id if set(stages) == set(PLAY_STAGES) else f"{s.app_id}.{stages[0]}"
     app = PlayGuardApp(
-        s.app_id,
+        group,
         broker=[f"kafka://{h}" for h in s.bootstrap_servers.split(",")],
         broker_credentials=_faust_credentials(s),
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=False,
         store="memory://",
-        datadir=Path(tempfile.gettempdir()) / f"playguard-{s.app_id}",
+        datadir=Path(tempfile.gettempdir()) / f"playguard-{group}",
         topic_partitions=s.partitions,
         topic_replication_factor=s.replication_factor,
         topic_disable_leader=True,
@@ -437,33 +476,36 @@ def create_app(
     def ack(message) -> None:
         message.ack(app.consumer)  # drops the intake's reference: Faust may commit it
 
-    account = StageDriver(
-        "account", account_partition_factory(s, lambda: build_account_model(s, models)),
-        s, metrics, out, t.plays, audit_path, owns=owner(t.plays), highwater=highwater(t.plays), trace=trace,
-        ack=ack,
-    )
-    catalog = StageDriver(
-        "catalog", catalog_partition_factory(s, lambda: build_catalog_model(s, models)),
-        s, metrics, out, t.plays_by_artist, audit_path, owns=owner(t.plays_by_artist),
-        highwater=highwater(t.plays_by_artist), trace=trace, ack=ack,
-    )
-    app.drivers.extend([account, catalog])
+    # the play stages: (driver, input topic, Faust topic) for those this worker runs
+    play = {}
+    if "account" in stages:
+        play["account"] = (StageDriver(
+            "account", account_partition_factory(s, lambda: build_account_model(s, models)),
+            s, metrics, out, t.plays, audit_path, owns=owner(t.plays), highwater=highwater(t.plays), trace=trace,
+            ack=ack,
+        ), t.plays, plays)
+    if "catalog" in stages:
+        play["catalog"] = (StageDriver(
+            "catalog", catalog_partition_factory(s, lambda: build_catalog_model(s, models)),
+            s, metrics, out, t.plays_by_artist, audit_path, owns=owner(t.plays_by_artist),
+            highwater=highwater(t.plays_by_artist), trace=trace, ack=ack,
+        ), t.plays_by_artist, by_artist)
+    app.drivers.extend(d for d, _, _ in play.values())
+    builders = {"account": build_account_model, "catalog": build_catalog_model}
     detectors = {
-        "play_fraud": sorted(set(build_account_model(s, models).detector_names)
-                             | set(build_catalog_model(s, models).detector_names)),
+        "play_fraud": sorted(set().union(*(builders[st](s, models).detector_names for st in play))),
         "audio_qc": [],
     }
 
-    # the play stages: the consumer's drain loop fills one intake per input
-    # topic (see BatchIntake); one task per stage feeds its driver
+    # the consumer's drain loop fills one intake per input topic (see
+    # BatchIntake); one task per stage feeds its driver
     def generation() -> int:
         return app.consumer_generation_id
 
     max_buffered = max(4096, 4 * s.batch_max_records)
-    app.intakes = {t.plays: BatchIntake(max_buffered, generation),
-                   t.plays_by_artist: BatchIntake(max_buffered, generation)}
-    for topic in (plays, by_artist):
-        topic.__aiter__()  # subscribe: adds an iterator clone to the Conductor (acks enabled)
+    app.intakes = {topic: BatchIntake(max_buffered, generation) for _, topic, _ in play.values()}
+    for _, _, ftopic in play.values():
+        ftopic.__aiter__()  # subscribe: adds an iterator clone to the Conductor (acks enabled)
 
     def runner(intake: BatchIntake, driver: StageDriver):
         async def run() -> None:
@@ -479,10 +521,10 @@ def create_app(
         run.__name__ = f"{driver.stage}_stage"
         return run
 
-    app.task(runner(app.intakes[t.plays], account))
-    app.task(runner(app.intakes[t.plays_by_artist], catalog))
+    for driver, topic, _ in play.values():
+        app.task(runner(app.intakes[topic], driver))
 
-    topics_in = [t.plays, t.plays_by_artist]
+    topics_in = [topic for _, topic, _ in play.values()]
     if audio:
         from stream.audio_stage import AudioDriver
 
@@ -499,11 +541,10 @@ def create_app(
     metrics.init_labels(
         topics_in,
         detectors,
-        {"account": list(build_account_model(s, models).entity_types),
-         "catalog": list(build_catalog_model(s, models).entity_types)},
+        {st: list(builders[st](s, models).entity_types) for st in play},
     )
 
-    by_topic = {t.plays: account, t.plays_by_artist: catalog}
+    by_topic = {topic: driver for driver, topic, _ in play.values()}
     if audio:
         by_topic[t.audio_ingested] = audio_driver
 

@@ -50,6 +50,11 @@ def worker(
     audit: Optional[Path] = typer.Option(None, help="Write processed offset ranges to this JSONL file."),
     audio: bool = typer.Option(True, help="Run the audio-QC agent."),
     loglevel: str = typer.Option("warn", help="crit, error, warn, info or debug."),
+    stages: str = typer.Option(
+        "account,catalog",
+        help="Play stages to run: account, catalog or both. One stage per process puts each in its own "
+             "consumer group (<app id>.<stage>) and gives it its own core (RELIABILITY.md, 'Soak').",
+    ),
 ):
     """Run a PlayGuard worker (Faust): account, catalog and audio-QC stages."""
     from stream.metrics import Metrics
@@ -58,14 +63,18 @@ def worker(
     over = {}
     if metrics_port is not None:
         over["metrics_port"] = metrics_port
+    from stream.app import create_app, parse_stages
+
+    try:
+        chosen = parse_stages(stages)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--stages") from None
     s = _settings(bootstrap, **over)
     asyncio.run(ensure_topics(s))
     metrics = Metrics()
     from faust import Worker
 
-    from stream.app import create_app
-
-    fapp = create_app(s, metrics, models=models, audit_path=audit, audio=audio)
+    fapp = create_app(s, metrics, models=models, audit_path=audit, audio=audio, stages=chosen)
     from stream.pipeline import warm_up
 
     warm_up(s, models)  # JIT-compile detector kernels before the first batch
