@@ -21,7 +21,6 @@ buckets; memory is bounded by ``dedupe_max_ids`` and the number of buckets.
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -181,15 +180,16 @@ class _PlayWire(msgspec.Struct, forbid_unknown_fields=True):
     """The common, canonical spelling of a :class:`PlayEvent` (the fast path).
 
     Same fields and limits as :class:`PlayEvent` (msgspec counts string
-    lengths in code points, as pydantic does), but stricter: ``ts`` must be a
-    string (checked by :data:`_CANONICAL_TS`), flags must be JSON booleans,
+    lengths in code points, as pydantic does), but stricter: ``ts`` must be an RFC 3339
+    string with a time zone (parsed by msgspec in C; a naive time or a
+    number goes to pydantic, which reads it as UTC), flags must be JSON booleans,
     integers JSON integers. A record this rejects is not dead-lettered on that
     ground: it is decoded again by :class:`PlayEvent` (pydantic), which
     accepts the looser spellings and gives the dead-letter reason.
     """
 
     event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-    ts: str
+    ts: Annotated[datetime, msgspec.Meta(tz=True)]
     account_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     track_id: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
     artist_id: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
@@ -206,10 +206,10 @@ class _PlayWire(msgspec.Struct, forbid_unknown_fields=True):
     offline: bool | None = None
 
 
+#: Until 2026-11-22 ``ts`` was a string matched by a regular expression and
+#: parsed by ``datetime.fromisoformat``: 4.6 of the 8.8 us per play of
+#: decoding (the regex alone 4.2 us); msgspec's own RFC 3339 parser takes 0.3.
 _WIRE_DECODER = msgspec.json.Decoder(_PlayWire)
-#: RFC 3339 UTC times as producers write them (``playguard replay``:
-#: ``2024-05-01T12:00:00.123Z``); any other spelling goes to pydantic.
-_CANONICAL_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|\+00:00)")
 
 
 def _fast_play(value: bytes) -> tuple[_PlayWire, float] | None:
@@ -219,12 +219,7 @@ def _fast_play(value: bytes) -> tuple[_PlayWire, float] | None:
         w = _WIRE_DECODER.decode(value)
     except (msgspec.DecodeError, UnicodeDecodeError):
         return None
-    if not _CANONICAL_TS.fullmatch(w.ts):
-        return None
-    try:
-        ts = datetime.fromisoformat(w.ts).timestamp()
-    except ValueError:
-        return None
+    ts = w.ts.timestamp()
     c = w.country
     if c is not None:
         if c == "ZZ" or c == "":

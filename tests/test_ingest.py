@@ -108,3 +108,34 @@ def test_audio_notice_decoding():
     assert decode_audio_notice(rec(b"nope")).reason is R.invalid_json
     assert decode_audio_notice(rec(json.dumps({"file_id": "f1"}).encode())).reason is R.schema_error
     assert decode_audio_notice(rec(json.dumps({"file_id": "f", "uri": "u", "channels": 0}).encode())).reason is R.schema_error
+
+
+@pytest.mark.parametrize("ts_text", [
+    "2026-09-21T10:00:00Z", "2026-09-21T10:00:00.123Z", "2026-09-21T10:00:00.123456+00:00",
+    "2026-09-21T12:30:00+02:30", "2026-09-21T10:00:00", "2026-09-21 10:00:00Z", "1790000000",
+])
+def test_fast_path_and_pydantic_agree_on_every_time_spelling(ts_text, monkeypatch):
+    """The msgspec fast path parses RFC 3339 times with a zone; anything else
+    (a naive time, a number) is decided by pydantic. Both give the same
+    instant, and a record pydantic would reject is never accepted."""
+    from stream.schemas import PlayEvent
+
+    raw = json.loads(play())
+    raw["ts"] = json.loads(ts_text) if ts_text.isdigit() else ts_text
+    value = json.dumps(raw).encode()
+    try:
+        expect = PlayEvent.model_validate_json(value).ts.timestamp()
+    except Exception:  # noqa: BLE001 - pydantic rejects: so must the decoder
+        expect = None
+    calls = []
+    orig = PlayEvent.model_validate_json
+    monkeypatch.setattr(PlayEvent, "model_validate_json", classmethod(
+        lambda cls, v: calls.append(v) or orig(v)))
+    batch, dead, _ = PlaysDecoder(clock=lambda: 1_800_000_000.0).decode([rec(value)])
+    if expect is None:
+        assert len(batch) == 0 and len(dead) == 1
+    else:
+        assert len(batch) == 1 and batch.ts[0] == pytest.approx(expect, abs=1e-6)
+    zoned = ts_text.endswith("Z") or ts_text[-6] in "+-"
+    if zoned and "T" in ts_text:
+        assert calls == [], "an RFC 3339 time with a zone takes the fast path"
