@@ -234,9 +234,15 @@ class StageDriver:
         self.snapshot_cost_s: dict[int, float] = {}
         #: snapshot writes not yet acknowledged by the broker (see _snapshot_locked)
         self._inflight: set = set()
+        #: tasks awaiting the sends of a processed micro-batch (see handle)
+        self._sending: set = set()
+        self._snap_s_last = 0.0
         self._started = time.monotonic()
         self.audit_path = audit_path
         self._audit_fh = open(audit_path, "a", buffering=1) if audit_path else None
+
+    #: micro-batches whose sends may be in flight at once (see :meth:`handle`)
+    max_batches_sending: int = 4
 
     async def handle(self, events: list) -> None:
         """Process one micro-batch of messages (of any partitions, each in
@@ -244,13 +250,20 @@ class StageDriver:
         ``key``, ``value`` and ``timestamp`` (Unix s), acked through ``ack``.
 
         Each partition is processed and its alerts, dead letters and forwards
-        are sent at once; all sends are awaited before the messages join the
-        pending (to be acked after a snapshot) list. Then at most one due
-        partition is snapshotted (:meth:`due_partitions`)."""
+        are sent at once. The sends are awaited by a task of their own
+        (:meth:`_finish_batch`): only once they are all delivered do the
+        messages join the pending (to be acked after a snapshot) list, so a
+        commit never runs ahead of its alerts, but the next batch need not
+        wait for the broker's acknowledgements. At most
+        :attr:`max_batches_sending` batches are in flight; past that this
+        waits for the oldest. Then at most one due partition is snapshotted
+        (:meth:`due_partitions`)."""
         t_entry = time.time()
         by_part: dict[int, list] = defaultdict(list)
         for m in events:
             by_part[m.partition].append(m)
+        while len(self._sending) >= self.max_batches_sending:
+            await asyncio.wait(list(self._sending), return_when=asyncio.FIRST_COMPLETED)
         async with self.lock:
             t_locked = time.time()
             if self.stopping:
@@ -275,17 +288,38 @@ class StageDriver:
                     done.append(r)
                     process_s += r[3]
             t_sent = time.time()
+            task = asyncio.get_running_loop().create_task(
+                self._finish_batch(futs, done, events, by_part, t_entry, t_locked, t_sent, process_s))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+            snap_s = 0.0
+            if any(self._overdue(p) for p in set(self.pending) | set(by_part)):
+                # a snapshot is due: this batch's sends go first, so that
+                # its messages are pending and acked by it (once per
+                # snapshot interval the stage waits for the broker)
+                await task
+                due = self.due_partitions()
+                if due:
+                    t0 = time.time()
+                    await self._snapshot_locked(due[:1], "interval")
+                    snap_s = time.time() - t0
+            self._snap_s_last = snap_s
+
+    async def _finish_batch(self, futs: list, done: list, events: list, by_part: dict, t_entry: float,
+                            t_locked: float, t_sent: float, process_s: float) -> None:
+        """Await one micro-batch's sends; then its alerts count as produced
+        (metrics, latency) and its messages join the pending list. A failed
+        send leaves them unacked (the next owner reads them again)."""
+        try:
             if futs:
                 await asyncio.gather(*futs)
-            t_produced = time.time()
-            for p, evs, out, _ in done:
-                self._after_produce(p, evs, out, t_produced, t_entry)
-            snap_s = 0.0
-            due = self.due_partitions()
-            if due:
-                t0 = time.time()
-                await self._snapshot_locked(due[:1], "interval")
-                snap_s = time.time() - t0
+        except Exception:  # noqa: BLE001 - unacked messages are re-read by the next owner
+            log.exception("%s stage: sends of a batch failed; its %d messages stay unacked",
+                          self.stage, sum(len(d[1]) for d in done))
+            return
+        t_produced = time.time()
+        for p, evs, out, _ in done:
+            self._after_produce(p, evs, out, t_produced, t_entry)
         if self.trace is not None and events:
             ts = [m.timestamp for m in events if m.timestamp]
             lag = {}
@@ -301,7 +335,7 @@ class StageDriver:
                 age_oldest_s=round(t_entry - min(ts), 4) if ts else None,
                 age_newest_s=round(t_entry - max(ts), 4) if ts else None,
                 process_s=round(process_s, 4), produce_s=round(t_produced - t_sent, 4),
-                snapshot_s=round(snap_s, 4), handle_s=round(time.time() - t_entry, 4),
+                snapshot_s=round(self._snap_s_last, 4), handle_s=round(time.time() - t_entry, 4),
                 alerts=sum(len(d[2].alerts) for d in done), lag=lag)
 
     def due_partitions(self) -> list[int]:
@@ -312,9 +346,7 @@ class StageDriver:
         (commits lag accordingly), up to ``snapshot_max_interval_s``. A
         partition never snapshotted counts from the driver's start."""
         now = time.monotonic()
-        st = self.settings
-        interval = min(max(st.snapshot_interval_s, 20.0 * sum(self.snapshot_cost_s.values())),
-                       max(st.snapshot_interval_s, st.snapshot_max_interval_s))
+        interval = self._interval()
         over = []
         for p in self.pending:
             if p not in self.runtimes:
@@ -323,6 +355,15 @@ class StageDriver:
             if now - last >= interval:
                 over.append((now - last - interval, p))
         return [p for _, p in sorted(over, reverse=True)]
+
+    def _interval(self) -> float:
+        st = self.settings
+        return min(max(st.snapshot_interval_s, 20.0 * sum(self.snapshot_cost_s.values())),
+                   max(st.snapshot_interval_s, st.snapshot_max_interval_s))
+
+    def _overdue(self, p: int) -> bool:
+        """True when partition ``p``'s snapshot interval has passed (pending or not)."""
+        return p in self.runtimes and time.monotonic() - self.last_snapshot.get(p, self._started) >= self._interval()
 
     def snapshot_due(self) -> bool:
         """True when some partition's snapshot is due (:meth:`due_partitions`)."""
@@ -405,11 +446,25 @@ class StageDriver:
 
     async def snapshot(self, partitions: list[int] | None = None, why: str = "request", wait: bool = True) -> None:
         """Write snapshots of ``partitions`` (default: all with pending acks)
-        and ack the events they cover once written; with ``wait``, return
-        only when they and every snapshot still in flight are written and
-        acked (shutdown: ``PlayGuardApp.on_stop``)."""
+        and ack the events they cover once written; with ``wait``, first let
+        every batch still sending finish (so its messages are pending), and
+        return only when the snapshots and every snapshot still in flight
+        are written and acked (shutdown: ``PlayGuardApp.on_stop``)."""
         async with self.lock:
+            if wait:
+                await self.drain_sends()
             await self._snapshot_locked(list(self.pending) if partitions is None else partitions, why, wait=wait)
+
+    async def drain_sends(self, timeout_s: float | None = None) -> bool:
+        """Wait until every processed batch's sends are delivered (or failed),
+        at most ``timeout_s`` seconds; True when none is left in flight."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self._sending:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            await asyncio.wait(list(self._sending), timeout=left)
+        return True
 
     async def drain(self) -> None:
         """Wait for every snapshot still being written (and its acks)."""
@@ -490,6 +545,9 @@ class StageDriver:
                 self.pending.pop(p, None)
             return
         try:
+            # batches still sending join the pending list first (bounded:
+            # what is not delivered in time is re-read by the next owner)
+            await self.drain_sends(timeout_s=5.0)
             await self._snapshot_locked(mine, "revoke", wait=True)
         except Exception:  # noqa: BLE001 - a failed snapshot only costs re-processing
             log.exception("snapshot on revoke failed")

@@ -142,6 +142,9 @@ def test_snapshots_are_staggered_threaded_and_ack_only_what_they_cover(tmp_path)
         ev1 = _events({0: [0, 1], 1: [0], 2: [0, 1, 2]}, log)
         d._started = time.monotonic()  # nothing due yet
         await d.handle(ev1)
+        assert not d.pending, "pending only once the batch's sends are delivered"
+        await d.drain_sends()
+        assert sorted(d.pending) == [0, 1, 2]
         assert not any(e.acked for e in ev1), "acked before any snapshot"
         # partition 2 most overdue, then 0; 1 not yet due; 3 has nothing pending
         now = time.monotonic()
@@ -166,7 +169,8 @@ def test_snapshots_are_staggered_threaded_and_ack_only_what_they_cover(tmp_path)
 
     ev1, ev2 = asyncio.run(scenario())
     acked = {(e.partition, e.offset) for e in ev1 + ev2 if e.acked}
-    # one snapshot per batch: partition 2 (most overdue), with every event it covers
+    # one snapshot per batch: partition 2 (most overdue), with every event it
+    # covers (a due snapshot waits for its batch's sends first)
     assert acked == {(2, 0), (2, 1), (2, 2), (2, 3)}
     snaps = [x for x in log if x[0] == "send" and x[1] == "changelog"]
     assert [k for _, _, k in snaps] == [b"account/2/0"]
@@ -292,6 +296,7 @@ def test_snapshot_write_does_not_block_the_stage_and_acks_only_when_written(tmp_
         assert len(slow.futs) == 1 and not any(e.acked for e in ev1)
         ev2 = _events({0: [2]}, log)
         await asyncio.wait_for(d.handle(ev2), 1.0)  # the stage is not blocked by the write
+        await d.drain_sends()
         assert d.pending[0] == ev2, "events after the captured state wait for the next snapshot"
         slow.futs[0].set_result(None)
         await d.drain()
@@ -385,3 +390,53 @@ def test_drain_loop_drops_a_fetch_that_straddled_a_rebalance_and_seeks_back():
     assert [m.offset for m in got] == list(range(committed, committed + 5))
     assert not consumer._gap.get(tp), "no offsets may be registered as a gap"
     assert calls == {"fetch": 2, "seek": 1}
+
+
+def test_next_batch_is_processed_while_the_previous_sends_are_in_flight(tmp_path):
+    """A slow broker acknowledgement no longer stops the stage: the next
+    batch is processed meanwhile, but a batch's messages are acked only after
+    its own sends are delivered and a snapshot covers them."""
+    log: list = []
+    d, rts = _driver(tmp_path, log, interval=3600.0, trace=False)
+    slow = _SlowChangelog("alerts", log)
+    d.topics["alerts"] = slow
+
+    async def scenario():
+        ev1 = _events({0: [0, 1]}, log)
+        ev2 = _events({0: [2, 3]}, log)
+        await asyncio.wait_for(d.handle(ev1), 1.0)  # returns before its alert is delivered
+        await asyncio.wait_for(d.handle(ev2), 1.0)  # does not wait for ev1's alert delivery
+        assert rts[0].next_offset == 4 and len(slow.futs) == 2
+        await d.snapshot(wait=False)
+        await d.drain()
+        assert not any(e.acked for e in ev1 + ev2), "nothing acked before its alerts are delivered"
+        slow.futs[0].set_result(None)
+        await asyncio.sleep(0.01)
+        assert [e.offset for e in d.pending[0]] == [0, 1]
+        slow.futs[1].set_exception(RuntimeError("broker gone"))
+        await d.snapshot()  # drains the sends first: ev1 pending, ev2 failed
+        return ev1, ev2
+
+    ev1, ev2 = asyncio.run(scenario())
+    assert all(e.acked for e in ev1)
+    assert not any(e.acked for e in ev2), "a failed send leaves its batch unacked"
+    # max_batches_sending bounds the batches in flight
+    d2, _ = _driver(tmp_path, [], interval=3600.0, trace=False)
+    slow2 = _SlowChangelog("alerts", [])
+    d2.topics["alerts"] = slow2
+    d2.max_batches_sending = 2
+
+    async def bounded():
+        await d2.handle(_events({0: [0]}, []))
+        await d2.handle(_events({0: [1]}, []))
+        third = asyncio.ensure_future(d2.handle(_events({0: [2]}, [])))
+        await asyncio.sleep(0.05)
+        assert not third.done(), "a third batch waits while two are sending"
+        slow2.futs[0].set_result(None)
+        await asyncio.wait_for(third, 1.0)
+        for f in slow2.futs[1:]:
+            if not f.done():
+                f.set_result(None)
+        await d2.drain_sends()
+
+    asyncio.run(bounded())
