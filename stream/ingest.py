@@ -176,7 +176,7 @@ class Dedupe:
         self.size_ = sum(len(s) for s in self.sets_.values())
 
 
-class _PlayWire(msgspec.Struct, forbid_unknown_fields=True):
+class _PlayWire(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """The common, canonical spelling of a :class:`PlayEvent` (the fast path).
 
     Same fields and limits as :class:`PlayEvent` (msgspec counts string
@@ -186,6 +186,8 @@ class _PlayWire(msgspec.Struct, forbid_unknown_fields=True):
     integers JSON integers. A record this rejects is not dead-lettered on that
     ground: it is decoded again by :class:`PlayEvent` (pydantic), which
     accepts the looser spellings and gives the dead-letter reason.
+    Instances are not tracked by the garbage collector (``gc=False``: they
+    hold only strings, numbers and a datetime, so they cannot form cycles).
     """
 
     event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
