@@ -217,3 +217,40 @@ def test_own_devices_stay_known_while_ips_churn():
                 "user", [t + 300 + 200 * k], ["Home::song 2"], ip=ips[0], device_id="phone", country="FR")))
         # only the laptop's one play is from a new device
         assert X[0, FEATURE_NAMES.index("new_device_plays")] < 1.01, extra
+
+
+def test_coplays_on_long_known_tracks_get_an_allowance_new_tracks_do_not():
+    """Listeners who replay an old favourite at the same minutes (clones of one
+    real user) are not a farm: their first ``coplay_free`` decayed co-plays on
+    long-known tracks are free. The same co-plays on a track first seen today
+    (a farm's payload) count in full."""
+    rng = np.random.default_rng(7)
+    rows = _background(n_acc=20, days=5, seed=2)
+    fans, bots = [f"fan{i}" for i in range(6)], [f"bot{i}" for i in range(6)]
+    for d in range(4):  # the fans' favourite, heard on days 0-3 at random times
+        for f in fans:
+            rows += _rows(f, T0 + d * 86400 + rng.uniform(0, 86400, 3), ["Fav::hit"] * 3)
+    t = T0 + 4 * 86400 + 12 * 3600 + np.array([0.0, 900.0])  # two shared windows on day 4
+    for i, f in enumerate(fans):
+        rows += _rows(f, t + 5.0 * i, ["Fav::hit"] * 2, ip=f"10.9.{i}.1", device_id=f"fd{i}", country="FR")
+    for i, b in enumerate(bots):
+        rows += _rows(b, t + 3600 + 5.0 * i, ["Brand New::payload"] * 2, ip=f"10.8.{i}.1", device_id=f"bd{i}",
+                      country="FR")
+    m = CatalogFraudModel(Settings())
+    seen = {}
+    terms = m.terms
+
+    def spy(u):
+        out = terms(u)
+        ids = m.features.accounts.ids_
+        for j, s in enumerate(u["uacc"].tolist()):
+            seen[ids[s]] = max(seen.get(ids[s], 0.0), float(out[0]["coplay_share"][j]))
+        return out
+
+    m.terms = spy
+    _run(m, [r for r in rows if r["ts"] < t[0]])
+    _run(m, [r for r in rows if r["ts"] >= t[0]], size=6)  # live-sized batches
+    co = m.features.accounts.cols_
+    assert max(co["co"][m.features.accounts.lookup(fans)]) > 0.5  # the fans did co-play
+    assert max(seen[f] for f in fans) == 0.0
+    assert min(seen[b] for b in bots) > 0.0

@@ -58,7 +58,8 @@ _ENT_COLS = {
     "day": ("i4", ()), "plays_day": ("i4", ()), "heavy": ("i4", ()), "first_seen": ("f8", ()),
     "t_ref": ("f8", ()), "base": ("f4", ()), "k3040": ("f4", ()), "n": ("f4", ()), "n1": ("f4", ()),
 }
-_ACC_COLS = {"t_ref": ("f8", ()), "n": ("f4", ()), "co": ("f4", ()), "newart": ("f4", ()), "newad": ("f4", ()),
+_ACC_COLS = {"t_ref": ("f8", ()), "n": ("f4", ()), "co": ("f4", ()), "co_new": ("f4", ()),
+             "newart": ("f4", ()), "newad": ("f4", ()),
              "loopart": ("f4", ()),
              "day": ("i4", ()), "boost": ("f4", ())}
 
@@ -288,6 +289,10 @@ class CatalogFeatures:
         if cop.any():
             j = np.flatnonzero(cop)
             cop[j] = pdtrc((cnt[j] - 1).astype(np.float64), lam[j]) < self.co_p
+        # co-plays on new tracks (first seen < NEW_S ago, after the cold start):
+        # a farm's payload; benign clusters co-play on long-known favourites
+        tfs = self.tracks.table.cols_["first_seen"][s_t]
+        co_new = cop & (ts - tfs < NEW_S) & (tfs > self.t0_ + NEW_S)
         # newness of the artist
         afs = self.artists.table.cols_["first_seen"][s_a]
         # first play today of a track of a new, cold artist (a superfan replaying
@@ -315,6 +320,7 @@ class CatalogFeatures:
         w = np.exp(-(ref[uinv] - ts) / TAU_DAY)
         decay_add(c["n"], ua, f, uinv, w)
         decay_add(c["co"], ua, f, uinv, w * cop)
+        decay_add(c["co_new"], ua, f, uinv, w * co_new)
         decay_add(c["newart"], ua, f, uinv, w * new_artist)
         decay_add(c["newad"], ua, f, uinv, w * new_artist_d)
         decay_add(c["loopart"], ua, f, uinv, w * loop_art)

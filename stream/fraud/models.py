@@ -86,6 +86,10 @@ class FraudParams:
     own_plays_full: float = 2.0      # x the heavy limit: an account's own plays for its full share
     p_loop_catalog: float = 0.02     # benign share of plays on artists whose plays mostly end at 30-40 s
     p_coplay: float = 0.05
+    # decayed co-plays on long-known tracks an account may have for free: clones
+    # of one real listener replay its favourites at nearby times (seed 7: 15 -> 5
+    # benign accounts flagged); co-plays on new tracks (a farm's payload) count in full
+    coplay_free: float = 2.0
     p_new_artist: float = 0.25
     new_tracks_free: float = 12.0    # distinct new-artist tracks an account may discover (an album)
     p_new_artists: float = 0.1       # benign share of plays that open a new cold artist for the day
@@ -385,9 +389,13 @@ class CatalogFraudModel:
         c["boost"][ua] = np.where(same, np.maximum(c["boost"][ua], bmax), bmax)
         c["day"][ua] = np.maximum(c["day"][ua], dmax)
         n = c["n"][ua].astype(np.float64)
+        # co-plays on new tracks count in full, others beyond an allowance
+        co_all = c["co"][ua].astype(np.float64)
+        co_new = np.minimum(c["co_new"][ua].astype(np.float64), co_all)
+        co_eff = co_new + np.maximum(co_all - co_new - p.coplay_free, 0.0)
         terms = {
             "listener_concentration": c["boost"][ua].astype(np.float64),
-            "coplay_share": binom_llr(c["co"][ua].astype(np.float64), n, p.p_coplay),
+            "coplay_share": binom_llr(co_eff, n, p.p_coplay),
             "new_artist_share": binom_llr(np.maximum(c["newart"][ua].astype(np.float64) - p.new_tracks_free, 0.0),
                                           n, p.p_new_artist),
             "loop_catalog_share": binom_llr(c["loopart"][ua].astype(np.float64), n, p.p_loop_catalog),
