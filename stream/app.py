@@ -189,8 +189,34 @@ def _consumer_class(thread_cls):
     class Consumer(faust_aiokafka.Consumer):
         stale_fetches_dropped = 0
 
+        @property
+        def _gap_probe(self) -> dict:
+            """tp -> (read offset, offset jumped to) awaiting a re-fetch."""
+            probe = self.__dict__.get("_pg_gap_probe")
+            if probe is None:
+                probe = self.__dict__["_pg_gap_probe"] = {}
+            return probe
+
         def _new_consumer_thread(self):
             return thread_cls(self, loop=self.loop, beacon=self.beacon)
+
+        async def _seek_back_on_jump(self, tp, r_off: int, off: int) -> None:  # pragma: no cover - live only
+            """A fetch jumped from read offset ``r_off`` to ``off`` > r_off + 1.
+
+            Faust registers such a jump as an offset gap (acked without
+            being processed: right for transaction markers, wrong for
+            records a fetch skipped). It was seen right after a rebalance
+            (a fetch of the old position arriving after the seek to the
+            committed offset: 159 records would have been lost). So the
+            partition is sought back to ``r_off`` and the records from
+            ``off`` on are dropped; only if the re-fetch jumps the same way
+            is the gap real and registered. ``r_off`` may be the last offset
+            read, so one record can be read twice: the stage skips offsets
+            below its ``next_offset``.
+            """
+            log.warning("offset jump on %s: %d -> %d; seeking back to %d", tp, r_off, off, r_off)
+            self._gap_probe[tp] = (r_off, off)
+            await self.seek(tp, r_off)
 
         async def _drop_stale_fetch(self, records) -> None:  # pragma: no cover - live rebalances only
             """Drop the records of a fetch that straddled a rebalance.
@@ -258,20 +284,31 @@ def _consumer_class(thread_cls):
                                     read_offset[tp] = r_off
                             continue
                         msgs = []
+                        jumped = False
                         for rec in recs:
                             off = rec.offset
                             if r_off is not None and off < r_off:
                                 continue
                             if r_off and off - r_off > 1:
-                                log.warning("offset gap on %s: %d..%d", tp, r_off + 1, off - 1)
-                                await self._add_gap(tp, r_off + 1, off)
+                                if self._gap_probe.get(tp) != (r_off, off):
+                                    jumped = True  # see _seek_back_on_jump
+                                    break
+                                log.warning("offset gap on %s confirmed by a re-fetch: %d..%d",
+                                            tp, r_off + 1, off - 1)
+                                # Faust's own loop passes ``off`` as the end, which
+                                # marks the record at ``off`` done before it is
+                                # processed (its interval includes the end)
+                                await self._add_gap(tp, r_off + 1, off - 1)
                             m = to_message(tp, rec)
                             m.refcount = 1  # the stage's reference, dropped by its ack
                             msgs.append(m)
                             r_off = off
                         if msgs:
                             read_offset[tp] = r_off
+                            self._gap_probe.pop(tp, None)
                             await intake.put(msgs, self.suspend_flow.wait)
+                        if jumped:
+                            await self._seek_back_on_jump(tp, r_off, off)
             except self.consumer_stopped_errors:
                 if self.transport.app.should_stop:
                     return
