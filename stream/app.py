@@ -201,7 +201,7 @@ def _consumer_class(thread_cls):
             return thread_cls(self, loop=self.loop, beacon=self.beacon)
 
         async def _seek_back_on_jump(self, tp, r_off: int, off: int) -> None:  # pragma: no cover - live only
-            """A fetch jumped from read offset ``r_off`` to ``off`` > r_off + 1.
+            """A fetch jumped from the next offset to read, ``r_off``, to ``off`` > r_off.
 
             Faust registers such a jump as an offset gap (acked without
             being processed: right for transaction markers, wrong for
@@ -210,9 +210,8 @@ def _consumer_class(thread_cls):
             committed offset: 159 records would have been lost). So the
             partition is sought back to ``r_off`` and the records from
             ``off`` on are dropped; only if the re-fetch jumps the same way
-            is the gap real and registered. ``r_off`` may be the last offset
-            read, so one record can be read twice: the stage skips offsets
-            below its ``next_offset``.
+            is the gap real and registered (transaction markers on a real
+            Kafka cluster: one extra fetch per marker).
             """
             log.warning("offset jump on %s: %d -> %d; seeking back to %d", tp, r_off, off, r_off)
             self._gap_probe[tp] = (r_off, off)
@@ -283,32 +282,37 @@ def _consumer_class(thread_cls):
                                     r_off = rec.offset
                                     read_offset[tp] = r_off
                             continue
+                        # here the read offset is always the *next* offset to
+                        # read, as Faust's seeks set it (Faust's own loop stores
+                        # the last one read, so after a seek to C it let a
+                        # fetch starting at C+1 skip C unnoticed)
                         msgs = []
-                        jumped = False
+                        jumped = None
                         for rec in recs:
                             off = rec.offset
-                            if r_off is not None and off < r_off:
-                                continue
-                            if r_off and off - r_off > 1:
-                                if self._gap_probe.get(tp) != (r_off, off):
-                                    jumped = True  # see _seek_back_on_jump
-                                    break
-                                log.warning("offset gap on %s confirmed by a re-fetch: %d..%d",
-                                            tp, r_off + 1, off - 1)
-                                # Faust's own loop passes ``off`` as the end, which
-                                # marks the record at ``off`` done before it is
-                                # processed (its interval includes the end)
-                                await self._add_gap(tp, r_off + 1, off - 1)
+                            if r_off is not None:
+                                if off < r_off:
+                                    continue
+                                if off > r_off:
+                                    if self._gap_probe.get(tp) != (r_off, off):
+                                        jumped = off  # see _seek_back_on_jump
+                                        break
+                                    log.warning("offset gap on %s confirmed by a re-fetch: %d..%d",
+                                                tp, r_off, off - 1)
+                                    # Faust's own loop passes ``off`` as the end, which
+                                    # marks the record at ``off`` done before it is
+                                    # processed (its interval includes the end)
+                                    await self._add_gap(tp, r_off, off - 1)
                             m = to_message(tp, rec)
                             m.refcount = 1  # the stage's reference, dropped by its ack
                             msgs.append(m)
-                            r_off = off
+                            r_off = off + 1
                         if msgs:
                             read_offset[tp] = r_off
                             self._gap_probe.pop(tp, None)
                             await intake.put(msgs, self.suspend_flow.wait)
-                        if jumped:
-                            await self._seek_back_on_jump(tp, r_off, off)
+                        if jumped is not None:
+                            await self._seek_back_on_jump(tp, r_off, jumped)
             except self.consumer_stopped_errors:
                 if self.transport.app.should_stop:
                     return

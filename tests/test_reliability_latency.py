@@ -463,8 +463,10 @@ def test_drain_loop_seeks_back_on_an_offset_jump_and_accepts_only_a_confirmed_ga
     seeks = []
     fetcher = SimpleNamespace(_stopped=asyncio.Event())
     # fetch 1 jumps 50 -> 100 (not real: 50.. exist); fetch 2 after the seek
-    # reads 50..54; fetch 3 jumps 54 -> 60, fetch 4 jumps the same way (real)
-    fetches = [list(range(100, 105)), list(range(50, 55)), [60, 61], [60, 61]]
+    # reads 50..54; fetch 3 jumps 55 -> 60, fetch 4 jumps the same way (real);
+    # fetch 5 skips one record (62 -> 63: seen after a seek to the committed
+    # offset), fetch 6 reads it
+    fetches = [list(range(100, 105)), list(range(50, 55)), [60, 61], [60, 61], [63], [62, 63]]
 
     async def wait_next_records(timeout):
         offs = fetches.pop(0)
@@ -485,7 +487,7 @@ def test_drain_loop_seeks_back_on_an_offset_jump_and_accepts_only_a_confirmed_ga
         return await app.intakes[s.topics.plays].take(max_records=100, within_s=0.0)
 
     got = asyncio.run(run())
-    assert [m.offset for m in got] == [50, 51, 52, 53, 54, 60, 61]
-    assert seeks == [(tp, 50), (tp, 54)]
+    assert [m.offset for m in got] == [50, 51, 52, 53, 54, 60, 61, 62, 63]
+    assert seeks == [(tp, 50), (tp, 55), (tp, 62)]
     gap = consumer._gap.get(tp)
     assert gap is not None and sorted((iv.begin, iv.end) for iv in gap) == [(55, 60)]
