@@ -34,6 +34,11 @@ Issue 13, "Load". Steps, on the embedded broker (or ``--bootstrap``):
 
 Targets (issue 13): RSS growth <= 10% after warm-up; p99 latency <= 1 s.
 
+With ``--split-stages`` the worker is two processes, ``playguard worker
+--stages account`` and ``--stages catalog`` (each in its own consumer
+group); RSS and CPU are their sums, metrics are scraped from both and added
+up, and each writes its own trace.
+
 With ``--trace`` the worker writes its latency trace
 (``PLAYGUARD_TRACE_PATH``, :class:`stream.driver.LatencyTrace`) and the
 summary adds, over the window after the warm-up: exact alert-latency
@@ -129,10 +134,44 @@ def rss_mb(pid: int) -> float:
     raise ValueError(f"no VmRSS for pid {pid}")
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_s(pids) -> float:
+    """User + system CPU seconds so far of ``pids`` (one pid or a list),
+    summed (``/proc/<pid>/stat``)."""
+    total = 0.0
+    for pid in [pids] if isinstance(pids, int) else pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+class Workers:
+    """The soak's worker processes (one, or one per play stage): started and
+    stopped together; a scrape is the concatenation of their ``/metrics``
+    texts, so :func:`metric` and :func:`histogram` add them up."""
+
+    def __init__(self, workers: list):
+        self.workers = workers
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self.workers]
+
+    def start(self) -> None:
+        for w in self.workers:
+            w.start()
+
+    def scrape(self) -> str:
+        return "\n".join(w.scrape() for w in self.workers)
+
+    def check(self) -> None:
+        """Raises RuntimeError if a worker exited."""
+        for w in self.workers:
+            if w.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {w.proc.returncode}")
+
+    def stop(self, sig, timeout: float) -> None:
+        for w in self.workers:
+            w.stop(sig, timeout)
 
 
 def histogram(text: str, name: str, **labels) -> dict[float, float]:
@@ -278,8 +317,9 @@ def _q(xs, q: float) -> float | None:
     return float(np.quantile(xs, q)) if len(xs) else None
 
 
-def trace_summary(path: Path, t_from: float) -> dict:
-    """Figures of a worker latency trace (rows written at Unix time >= ``t_from``).
+def trace_summary(paths, t_from: float) -> dict:
+    """Figures of worker latency traces (rows written at Unix time >= ``t_from``;
+    ``paths``: one trace file or several, one per worker process).
 
     Returns:
         dict with ``alerts`` (count, exact p50/p99/max latency, the 5 slowest
@@ -290,13 +330,21 @@ def trace_summary(path: Path, t_from: float) -> dict:
         bytes max) and ``stalls`` (count, total and max seconds).
     """
     rows = []
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except ValueError:
+    stalls_by_file = {}
+    for path in [paths] if isinstance(paths, Path) else list(paths):
+        if not path.exists():
             continue
-        if r.get("t", 0) >= t_from:
-            rows.append(r)
+        n0 = len(rows)
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if r.get("t", 0) >= t_from:
+                rows.append(r)
+        st = [r["s"] for r in rows[n0:] if r["ev"] == "stall"]
+        stalls_by_file[path.name] = {"n": len(st), "total_s": float(sum(st)), "max_s": max(st) if st else 0.0}
+    rows.sort(key=lambda r: r.get("t", 0))
     out: dict = {}
     al = [r for r in rows if r["ev"] == "alert"]
     lat = np.array([r["latency_s"] for r in al])
@@ -337,6 +385,8 @@ def trace_summary(path: Path, t_from: float) -> dict:
                                     "bytes_max": max(r["bytes"] for r in sn)}
     st = [r["s"] for r in rows if r["ev"] == "stall"]
     out["stalls"] = {"n": len(st), "total_s": float(sum(st)), "max_s": max(st) if st else 0.0}
+    if len(stalls_by_file) > 1:
+        out["stalls_by_process"] = stalls_by_file
     return out
 
 
@@ -355,6 +405,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bootstrap", default=None)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--trace", action="store_true", help="worker latency trace; adds its figures to the summary")
+    ap.add_argument("--split-stages", action="store_true",
+                    help="run the account and catalog stages in two worker processes (playguard worker --stages)")
     a = ap.parse_args(argv)
 
     base = Settings()
@@ -367,11 +419,10 @@ def main(argv=None) -> int:
     s = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=a.partitions, app_id=prefix + "w")
     env = {"PLAYGUARD_BOOTSTRAP_SERVERS": bootstrap, "PLAYGUARD_TOPIC_PREFIX": prefix,
            "PLAYGUARD_PARTITIONS": str(a.partitions), "PLAYGUARD_APP_ID": prefix + "w"}
-    trace = work / "trace.jsonl"
-    if a.trace:
-        env["PLAYGUARD_TRACE_PATH"] = str(trace)
+    procs = [("account", "catalog")] if not a.split_stages else [("account",), ("catalog",)]
+    traces = [work / f"trace.{'-'.join(st)}.jsonl" for st in procs]
     out: dict = {"models": a.models, "minutes": a.minutes, "load_fraction": a.load, "loop": a.loop,
-                 "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
+                 "split_stages": a.split_stages, "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
     w = None
     try:
         t0 = time.monotonic()
@@ -384,7 +435,12 @@ def main(argv=None) -> int:
               f"{time.monotonic() - t0:.0f} s", flush=True)
         prod = Producer(s, plan)
         audit = work / "audit.jsonl"
-        w = WorkerProcess(env, ["--models", a.models, "--no-audio", "--audit", str(audit)], log=work / "worker.log")
+        workers = []
+        for st, tr in zip(procs, traces):
+            e = dict(env, PLAYGUARD_TRACE_PATH=str(tr)) if a.trace else env
+            workers.append(WorkerProcess(e, ["--models", a.models, "--no-audio", "--audit", str(audit),
+                                             "--stages", ",".join(st)], log=work / f"worker.{'-'.join(st)}.log"))
+        w = Workers(workers)
         w.start()
         prod.thread.start()
         warm_n = 0
@@ -441,9 +497,9 @@ def main(argv=None) -> int:
         t_warm = t_start + a.warmup * a.minutes * 60
         t_warm_unix = time.time() + a.warmup * a.minutes * 60
         h_warm = None
-        pids = {"worker": w.proc.pid, "soak": os.getpid()}
+        pids = {"worker": w.pids, "soak": [os.getpid()]}
         if broker is not None and broker.proc is not None:
-            pids["broker"] = broker.proc.pid
+            pids["broker"] = [broker.proc.pid]
         cpu0 = {k: cpu_s(v) for k, v in pids.items()}
         cpu_prev, t_prev = dict(cpu0), time.monotonic()
         print(f"{'t_s':>6} {'sent':>10} {'consumed':>10} {'lag':>8} {'lag_fwd':>8} {'rss_MiB':>8} {'alerts':>8} "
@@ -452,14 +508,13 @@ def main(argv=None) -> int:
             time.sleep(a.every)
             if prod.error:
                 raise prod.error
-            if w.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {w.proc.returncode}")
+            w.check()
             text = w.scrape()
             row = {"t": time.monotonic() - t_start, "sent": prod.sent - sent0,
                    "consumed": metric(text, "playguard_events_consumed_total", topic=s.topics.plays) - consumed0,
                    "lag": metric(text, "playguard_consumer_lag_records", topic=s.topics.plays),
                    "lag_fwd": metric(text, "playguard_consumer_lag_records", topic=s.topics.plays_by_artist),
-                   "rss": rss_mb(w.proc.pid), "alerts": metric(text, "playguard_alerts_total"),
+                   "rss": sum(rss_mb(pid) for pid in w.pids), "alerts": metric(text, "playguard_alerts_total"),
                    "load1": os.getloadavg()[0]}
             cpu_now, t_now = {k: cpu_s(v) for k, v in pids.items()}, time.monotonic()
             for k in pids:  # CPU share of one core over the sample: worker, broker, producer (soak)
@@ -505,8 +560,8 @@ def main(argv=None) -> int:
                   "worker_cpu_us_per_play", "broker_cpu_share", "producer_cpu_share", "loadavg_start", "loadavg_end"):
             v = out.get(k)
             print(f"  {k:28s} {v:,.3f}" if isinstance(v, float) else f"  {k:28s} {v}")
-        if a.trace and trace.exists():
-            out["trace"] = trace_summary(trace, t_warm_unix)
+        if a.trace and any(tr.exists() for tr in traces):
+            out["trace"] = trace_summary(traces, t_warm_unix)
             print("  trace (after warm-up):")
             for k, v in out["trace"].items():
                 print(f"    {k}: {json.dumps(v, default=str)}")
