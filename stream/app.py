@@ -36,6 +36,8 @@ from pathlib import Path
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
 
 from stream.config import Settings
 from stream.driver import LatencyTrace, StageDriver, watch_event_loop
@@ -199,6 +201,46 @@ def _consumer_class(thread_cls):
 
         def _new_consumer_thread(self):
             return thread_cls(self, loop=self.loop, beacon=self.beacon)
+
+        def ack_many(self, messages) -> int:
+            """Drop the stage's reference of each message and mark those that
+            reach zero done for commits: the bookkeeping of Faust's
+            ``Message.ack`` -> ``Consumer.ack`` (faust-streaming 0.15.3:
+            ``acked``, ``_acked_index``, ``_acked``, ``_n_acked``,
+            ``_unacked_messages``, the ``_waiting_for_ack`` wake-up), under
+            one ``ack_lock`` acquisition per call instead of three per
+            message. A snapshot acks every message it covers at once (20k
+            at 15k plays/s): one by one that held the event loop for 0.1-1 s.
+            Returns how many offsets became committable.
+            """
+            done = 0
+            with ack_lock:
+                by_tp: dict = {}
+                for m in messages:
+                    if m.acked:
+                        continue
+                    m.refcount = max(m.refcount - 1, 0)
+                    if m.refcount:
+                        continue
+                    m.acked = True
+                    by_tp.setdefault(m.tp, []).append(m)
+                acks_enabled_for = self.app.topics.acks_enabled_for
+                for tp, ms in by_tp.items():
+                    if not acks_enabled_for(tp.topic):
+                        continue
+                    committed = self._committed_offset[tp]
+                    index = self._acked_index[tp]
+                    new = [m.offset for m in ms
+                           if (committed is None or m.offset >= committed) and m.offset not in index]
+                    if len(set(new)) != len(new):
+                        new = list(dict.fromkeys(new))
+                    self._unacked_messages.difference_update(ms)
+                    index.update(new)
+                    self._acked[tp].extend(new)
+                    self._n_acked += len(new)
+                    done += len(new)
+                notify(self._waiting_for_ack)
+            return done
 
         async def _seek_back_on_jump(self, tp, r_off: int, off: int) -> None:  # pragma: no cover - live only
             """A fetch jumped from the next offset to read, ``r_off``, to ``off`` > r_off.
@@ -517,19 +559,22 @@ def create_app(
     def ack(message) -> None:
         message.ack(app.consumer)  # drops the intake's reference: Faust may commit it
 
+    def ack_many(messages) -> None:
+        app.consumer.ack_many(messages)
+
     # the play stages: (driver, input topic, Faust topic) for those this worker runs
     play = {}
     if "account" in stages:
         play["account"] = (StageDriver(
             "account", account_partition_factory(s, lambda: build_account_model(s, models)),
             s, metrics, out, t.plays, audit_path, owns=owner(t.plays), highwater=highwater(t.plays), trace=trace,
-            ack=ack,
+            ack=ack, ack_many=ack_many,
         ), t.plays, plays)
     if "catalog" in stages:
         play["catalog"] = (StageDriver(
             "catalog", catalog_partition_factory(s, lambda: build_catalog_model(s, models)),
             s, metrics, out, t.plays_by_artist, audit_path, owns=owner(t.plays_by_artist),
-            highwater=highwater(t.plays_by_artist), trace=trace, ack=ack,
+            highwater=highwater(t.plays_by_artist), trace=trace, ack=ack, ack_many=ack_many,
         ), t.plays_by_artist, by_artist)
     app.drivers.extend(d for d, _, _ in play.values())
     builders = {"account": build_account_model, "catalog": build_catalog_model}

@@ -199,6 +199,8 @@ class StageDriver:
         ack: ``ack(message)`` releases one processed message for commit
             (the worker passes ``message.ack(app.consumer)``); None calls
             ``message.ack()``.
+        ack_many: ``ack_many(messages)`` releases many at once (the worker's
+            consumer ``ack_many``); None calls ``ack`` on each.
     """
 
     def __init__(
@@ -214,8 +216,10 @@ class StageDriver:
         highwater: Callable[[int], int | None] | None = None,
         trace: LatencyTrace | None = None,
         ack: Callable[[object], object] | None = None,
+        ack_many: Callable[[list], object] | None = None,
     ):
         self._ack = ack if ack is not None else (lambda m: m.ack())
+        self._ack_many = ack_many
         self.owns = owns
         self.highwater = highwater
         self.trace = trace
@@ -243,6 +247,8 @@ class StageDriver:
 
     #: micro-batches whose sends may be in flight at once (see :meth:`handle`)
     max_batches_sending: int = 4
+    #: messages acked per event-loop step after a snapshot
+    ack_slice: int = 4096
 
     async def handle(self, events: list) -> None:
         """Process one micro-batch of messages (of any partitions, each in
@@ -522,9 +528,19 @@ class StageDriver:
                 self.pending[p] = evs + self.pending.get(p, [])
             return
         if self.runtimes.get(p) is rt:  # only what a snapshot now covers is acked
-            ack = self._ack
-            for m in evs:
-                ack(m)
+            # in slices, yielding between them: a snapshot covers up to
+            # tens of thousands of messages
+            for i in range(0, len(evs), self.ack_slice):
+                if self.runtimes.get(p) is not rt:  # revoked meanwhile: its next owner re-reads the rest
+                    break
+                part = evs[i:i + self.ack_slice]
+                if self._ack_many is not None:
+                    self._ack_many(part)
+                else:
+                    for m in part:
+                        self._ack(m)
+                if i + self.ack_slice < len(evs):
+                    await asyncio.sleep(0)
         now = time.monotonic()
         self.snapshot_cost_s[p] = now - t0
         if self.trace is not None:

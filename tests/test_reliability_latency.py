@@ -491,3 +491,44 @@ def test_drain_loop_seeks_back_on_an_offset_jump_and_accepts_only_a_confirmed_ga
     assert seeks == [(tp, 50), (tp, 55), (tp, 62)]
     gap = consumer._gap.get(tp)
     assert gap is not None and sorted((iv.begin, iv.end) for iv in gap) == [(55, 60)]
+
+
+def test_ack_many_keeps_fausts_ack_bookkeeping():
+    """The consumer's bulk ack gives the same commit bookkeeping as Faust's
+    per-message ``Message.ack(consumer)``: references, already-acked and
+    repeated offsets, offsets below the committed one, topics without acks."""
+    from faust.types import TP
+    from faust.types.tuples import ConsumerMessage
+
+    from stream.app import create_app
+
+    def setup():
+        s = Settings(bootstrap_servers="127.0.0.1:1")
+        app = create_app(s, Metrics(), models="rules", audio=False)
+        c = app.consumer
+        tp = TP(s.topics.plays, 1)
+        app.topics.acks_enabled_for = lambda topic: topic == tp.topic  # as once subscribed
+        c._committed_offset[tp] = 10
+        msgs = []
+        for off in [8, 10, 11, 11, 12, 13, 14]:
+            m = ConsumerMessage(tp.topic, 1, off, 0.0, 0, None, b"k", b"v", None, tp=tp, generation_id=1)
+            m.refcount = 1
+            msgs.append(m)
+        msgs[5].refcount = 2  # offset 13: another reference still held
+        msgs[6].acked = True  # offset 14: acked before
+        other = TP("no-acks", 0)
+        m = ConsumerMessage(other.topic, 0, 3, 0.0, 0, None, b"k", b"v", None, tp=other, generation_id=1)
+        m.refcount = 1
+        msgs.append(m)
+        return c, tp, msgs
+
+    c1, tp1, m1 = setup()
+    for m in m1:
+        m.ack(c1)
+    c2, tp2, m2 = setup()
+    assert c2.ack_many(m2) == 3
+    assert list(c2._acked[tp2]) == list(c1._acked[tp1]) == [10, 11, 12]
+    assert c2._acked_index[tp2] == c1._acked_index[tp1]
+    assert c2._n_acked == c1._n_acked == 3
+    assert [m.acked for m in m2] == [m.acked for m in m1]
+    assert [m.refcount for m in m2] == [m.refcount for m in m1]
