@@ -46,6 +46,7 @@ from scipy.special import pdtrc
 from stream.batch import UNKNOWN_IDS, PlayBatch
 from stream.fraud.evidence import binom_llr
 from stream.fraud.sketches import HLLBank, RotatingCountMin, combine
+from stream.fraud.trackset import TrackSetGroups
 from stream.fraud.slots import SlotTable, decay_add, group_index, scatter_add, scatter_max, scatter_min
 
 DAY = 86400.0
@@ -53,6 +54,7 @@ TAU_DAY = 12 * 3600.0
 TAU_HOUR = 3600.0
 TAU_WEEK = 7 * DAY
 NEW_S = 3 * DAY
+TRACKSET_K = 4
 
 _ENT_COLS = {
     "day": ("i4", ()), "plays_day": ("i4", ()), "heavy": ("i4", ()), "first_seen": ("f8", ()),
@@ -61,7 +63,10 @@ _ENT_COLS = {
 _ACC_COLS = {"t_ref": ("f8", ()), "n": ("f4", ()), "co": ("f4", ()), "co_new": ("f4", ()),
              "newart": ("f4", ()), "newad": ("f4", ()),
              "loopart": ("f4", ()),
-             "day": ("i4", ()), "boost": ("f4", ())}
+             "day": ("i4", ()), "boost": ("f4", ()),
+             # new-track set sketch of the day (stream.fraud.trackset) and the
+             # day's strongest shared-set evidence (nats, set by the model)
+             "ts_sig": ("u8", (TRACKSET_K,)), "ts_day": ("i4", ()), "ts_ev": ("f4", ())}
 
 
 def _pick(values: list, idx: np.ndarray) -> list:
@@ -205,6 +210,7 @@ class CatalogFeatures:
         self.pair_artist = RotatingCountMin(cms_width, 2, k=2)
         self.coplay = RotatingCountMin(1 << 16, 2, k=4)
         self.coplay_acc = RotatingCountMin(1 << 17, 2, k=4)
+        self.trackset = TrackSetGroups(k=TRACKSET_K)
         self.t0_: float = 0.0
 
     def update(self, batch: PlayBatch) -> dict:
@@ -292,7 +298,19 @@ class CatalogFeatures:
         # co-plays on new tracks (first seen < NEW_S ago, after the cold start):
         # a farm's payload; benign clusters co-play on long-known favourites
         tfs = self.tracks.table.cols_["first_seen"][s_t]
-        co_new = cop & (ts - tfs < NEW_S) & (tfs > self.t0_ + NEW_S)
+        new_track = (ts - tfs < NEW_S) & (tfs > self.t0_ + NEW_S)
+        co_new = cop & new_track
+        # accounts holding the same set of new tracks today (playlist
+        # stuffing): a play joins its set's group while the account is still
+        # a light listener of the track (heavy ones are concentration's case)
+        set_size = np.zeros(len(ts), np.int64)
+        set_key = np.zeros(len(ts), np.uint64)
+        jn = np.flatnonzero(new_track)
+        if len(jn):
+            ca = self.accounts.cols_
+            set_key[jn], set_size[jn] = self.trackset.update(
+                ca["ts_sig"], ca["ts_day"], acc[jn], ah[jn], ts[jn], self.tracks.table.hash_[s_t[jn]],
+                pt[jn] <= self.heavy_track)
         # newness of the artist
         afs = self.artists.table.cols_["first_seen"][s_a]
         # first play today of a track of a new, cold artist (a superfan replaying
@@ -326,7 +344,8 @@ class CatalogFeatures:
         decay_add(c["loopart"], ua, f, uinv, w * loop_art)
         return dict(idx=idx, acc=acc, uacc=ua, uinv=uinv, track=s_t, artist=s_a, ts=ts, day=day,
                     track_listeners=lt, track_heavy=ht, artist_listeners=la, artist_heavy=ha,
-                    pair_track=pt, pair_artist=pa, co=co, coplay=cop, cokey=kc, new_artist=new_artist)
+                    pair_track=pt, pair_artist=pa, co=co, coplay=cop, cokey=kc, new_artist=new_artist,
+                    set_size=set_size, set_key=set_key)
 
     def concentration_llr(self, heavy: np.ndarray, listeners: np.ndarray, p0: float, min_heavy: int) -> np.ndarray:
         """Binomial LLR that the heavy share of listeners exceeds ``p0``,
@@ -349,7 +368,7 @@ class CatalogFeatures:
             b += ent.table.nbytes() + sum(h.reg_.nbytes for h in ent.hll)
         for r in (self.pair_track, self.pair_artist, self.coplay, self.coplay_acc):
             b += sum(x.nbytes() for x in r.banks)
-        return b
+        return b + self.trackset.nbytes()
 
     def state_dict(self) -> dict:
         """Snapshot (msgpack-able)."""
@@ -359,6 +378,7 @@ class CatalogFeatures:
             "accounts": self.accounts.state_dict(),
             "pair_track": self.pair_track.state_dict(), "pair_artist": self.pair_artist.state_dict(),
             "coplay": self.coplay.state_dict(), "coplay_acc": self.coplay_acc.state_dict(), "t0": self.t0_,
+            "trackset": self.trackset.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -375,3 +395,5 @@ class CatalogFeatures:
         self.coplay.load_state_dict(state["coplay"])
         self.coplay_acc.load_state_dict(state["coplay_acc"])
         self.t0_ = float(state["t0"])
+        if "trackset" in state:  # snapshots before the shared-set groups start empty
+            self.trackset.load_state_dict(state["trackset"])

@@ -40,6 +40,7 @@ from stream.fraud.evidence import binom_llr, poisson_llr
 from stream.fraud.features_account import FEATURE_NAMES, AccountFeatures
 from stream.fraud.features_catalog import CatalogFeatures
 from stream.fraud.slots import scatter_max
+from stream.fraud.trackset import set_keys
 from stream.schemas import Alert, AlertKind, Severity, group_entity_id, window_alert_id, window_bounds
 
 #: Alert window of the play-fraud detectors (s): one UTC day.
@@ -96,6 +97,15 @@ class FraudParams:
     new_artists_free: float = 4.0    # distinct new cold artists an account may discover in a day
     track_alert: float = 20.0        # nats for a track_boost alert
     group_min: int = 3               # members of a lockstep group alert
+    # shared new-track sets (playlist stuffing, stream.fraud.trackset): light
+    # listeners holding the same set of 2+ new tracks today; evidence is the
+    # binomial LLR that the group is more than ``p_set`` of the tracks'
+    # listeners (a closed audience; organic listeners of a release pick
+    # different subsets), ramped from 0 at ``set_min - 1`` accounts to full at
+    # ``heavy_full`` (a crowd, not a circle of fans: seed 7's six superfans
+    # share their album's set); added only above listener concentration
+    p_set: float = 0.1
+    set_min: int = 4
 
 
 def _feature_dict(pairs) -> dict:
@@ -309,6 +319,53 @@ class AccountFraudModel:
         self.features.expire(self.max_ts_)
         self.alerts_.expire(self.max_ts_)
 
+    def _set_alerts(self, batch, u, rts, thr) -> list[Alert]:
+        """Shared new-track sets: one ``group`` alert per set key and window
+        when a play's shared-set evidence alone reaches ``thr``. Members are
+        the accounts holding that set today (their bottom-k sketches, one
+        vectorised pass over the account table); the alert is stamped at the
+        batch's newest play of the set, so members that joined within the
+        batch are behind it."""
+        ev = u.get("set_ev")
+        if ev is None:
+            return []
+        hot = np.flatnonzero(ev >= thr)
+        if not len(hot):
+            return []
+        F = self.features
+        c = F.accounts.cols_
+        keys = u["set_key"]
+        out = []
+        all_keys = None
+        for key in np.unique(keys[hot]).tolist():
+            evk = np.flatnonzero(keys == np.uint64(key))
+            t = float(u["ts"][evk].max())
+            anchor = f"set:{int(key):016x}"
+            if not self.alerts_.first("shared_track_set", anchor, t):
+                continue
+            if all_keys is None:
+                all_keys = set_keys(c["ts_sig"], F.trackset.min_distinct)
+            day = int(t // 86400)
+            rows = np.flatnonzero((all_keys == np.uint64(key)) & (c["ts_day"] == day) & F.accounts.live_)
+            members = sorted(F.accounts.ids_[r] for r in rows.tolist())
+            if len(members) < self.params.set_min:
+                continue
+            tracks = sorted({batch.track_id[u["idx"][i]] for i in evk.tolist()})
+            score = float(ev[evk].max())
+            # every member now holds the group's evidence (known at time t), so
+            # early members' later plays score as the newest member's did
+            c["ts_ev"][rows] = np.maximum(c["ts_ev"][rows], score)
+            out.append(_alert(
+                "shared_track_set", "group", group_entity_id(members), t, score, ["shared_track_set"],
+                _feature_dict([("group_size", len(members), 1.0),
+                               ("group_share_of_listeners", float(u["set_size"][evk].max()
+                                                                  / max(u["track_listeners"][evk].max(), 1.0)),
+                                self.params.p_set)]),
+                {"members": members[:500], "n_members": len(members), "tracks": tracks[:20],
+                 "sample_event_ids": [batch.event_id[u["idx"][i]] for i in evk[:5].tolist()]},
+                float(rts[evk].max()), thr))
+        return out
+
     def state_dict(self) -> dict:
         """Snapshot (msgpack-able via :mod:`detectors.serialize`)."""
         return {"features": self.features.state_dict(), "alerted": dict(self.alerts_.last_),
@@ -349,7 +406,7 @@ class CatalogFraudModel:
 
     stage = "catalog"
     entity_types = ("track", "artist", "account")
-    detector_names = ("catalog_account", "track_boost", "lockstep")
+    detector_names = ("catalog_account", "track_boost", "lockstep", "shared_track_set")
 
     def __init__(self, settings: Settings | None = None, params: FraudParams | None = None):
         settings = settings or Settings()
@@ -387,6 +444,15 @@ class CatalogFraudModel:
         scatter_max(dmax, np.asarray(uinv, np.int64), np.asarray(u["day"], np.int64))
         same = c["day"][ua] == dmax
         c["boost"][ua] = np.where(same, np.maximum(c["boost"][ua], bmax), bmax)
+        g = np.asarray(u["set_size"], np.float64)
+        ev_set = np.where(g >= p.set_min,
+                          binom_llr(g, np.maximum(u["track_listeners"], g), p.p_set)
+                          * np.clip((g - p.set_min + 1) / (p.heavy_full - p.set_min + 1), 0.0, 1.0),
+                          0.0)
+        u["set_ev"] = ev_set
+        smax = np.zeros(len(ua))
+        np.maximum.at(smax, uinv, ev_set)
+        c["ts_ev"][ua] = np.where(same, np.maximum(c["ts_ev"][ua], smax), smax)
         c["day"][ua] = np.maximum(c["day"][ua], dmax)
         n = c["n"][ua].astype(np.float64)
         # co-plays on new tracks count in full, others beyond an allowance
@@ -395,6 +461,9 @@ class CatalogFraudModel:
         co_eff = co_new + np.maximum(co_all - co_new - p.coplay_free, 0.0)
         terms = {
             "listener_concentration": c["boost"][ua].astype(np.float64),
+            # the same hypothesis as concentration (a closed crowd of listeners)
+            # seen from light listeners: the larger of the two counts, not both
+            "shared_track_set": np.maximum(c["ts_ev"][ua].astype(np.float64) - c["boost"][ua], 0.0),
             "coplay_share": binom_llr(co_eff, n, p.p_coplay),
             "new_artist_share": binom_llr(np.maximum(c["newart"][ua].astype(np.float64) - p.new_tracks_free, 0.0),
                                           n, p.p_new_artist),
@@ -428,7 +497,8 @@ class CatalogFraudModel:
         ts, idx = u["ts"], u["idx"]
         rts = np.asarray(batch.record_ts)[idx]
         ids = F.accounts.ids_
-        typical = {"listener_concentration": p.p_heavy, "coplay_share": p.p_coplay,
+        set_share = u["set_size"] / np.maximum(u["track_listeners"], np.maximum(u["set_size"], 1))
+        typical = {"listener_concentration": p.p_heavy, "coplay_share": p.p_coplay, "shared_track_set": p.p_set,
                    "new_artist_share": p.p_new_artist, "loop_catalog_share": p.p_loop_catalog,
                    "new_artists": p.p_new_artists}
         thr = p.threshold if p.catalog_threshold is None else p.catalog_threshold
@@ -441,6 +511,7 @@ class CatalogFraudModel:
             contrib = sorted(((terms[k][j], k) for k in terms), reverse=True)
             top = [k for v, k in contrib if v >= 1.0][:3]
             actual = {"listener_concentration": float(ev_boost[evj].max()),
+                      "shared_track_set": float(set_share[evj].max()),
                       "coplay_share": float(c["co"][ua[j]] / max(n[j], 1e-9)),
                       "new_artist_share": float(c["newart"][ua[j]] / max(n[j], 1e-9)),
                       "loop_catalog_share": float(c["loopart"][ua[j]] / max(n[j], 1e-9)),
@@ -456,6 +527,7 @@ class CatalogFraudModel:
                 float(rts[evj].max()), thr))
         alerts.extend(self._track_alerts(batch, u, T_track, rts))
         alerts.extend(self._group_alerts(batch, u, terms["coplay_share"], rts))
+        alerts.extend(self._set_alerts(batch, u, rts, thr))
         self.n_batches_ += 1
         self.max_ts_ = max(self.max_ts_, float(ts.max()))
         if self.n_batches_ % 100 == 0:
@@ -540,6 +612,53 @@ class CatalogFraudModel:
                  "tracks": sorted({batch.track_id[u["idx"][i]] for i in g["ev"]})[:20],
                  "sample_event_ids": [batch.event_id[u["idx"][i]] for i in g["ev"][:5]]},
                 float(rts[g["ev"]].max()), p.threshold))
+        return out
+
+    def _set_alerts(self, batch, u, rts, thr) -> list[Alert]:
+        """Shared new-track sets: one ``group`` alert per set key and window
+        when a play's shared-set evidence alone reaches ``thr``. Members are
+        the accounts holding that set today (their bottom-k sketches, one
+        vectorised pass over the account table); the alert is stamped at the
+        batch's newest play of the set, so members that joined within the
+        batch are behind it."""
+        ev = u.get("set_ev")
+        if ev is None:
+            return []
+        hot = np.flatnonzero(ev >= thr)
+        if not len(hot):
+            return []
+        F = self.features
+        c = F.accounts.cols_
+        keys = u["set_key"]
+        out = []
+        all_keys = None
+        for key in np.unique(keys[hot]).tolist():
+            evk = np.flatnonzero(keys == np.uint64(key))
+            t = float(u["ts"][evk].max())
+            anchor = f"set:{int(key):016x}"
+            if not self.alerts_.first("shared_track_set", anchor, t):
+                continue
+            if all_keys is None:
+                all_keys = set_keys(c["ts_sig"], F.trackset.min_distinct)
+            day = int(t // 86400)
+            rows = np.flatnonzero((all_keys == np.uint64(key)) & (c["ts_day"] == day) & F.accounts.live_)
+            members = sorted(F.accounts.ids_[r] for r in rows.tolist())
+            if len(members) < self.params.set_min:
+                continue
+            tracks = sorted({batch.track_id[u["idx"][i]] for i in evk.tolist()})
+            score = float(ev[evk].max())
+            # every member now holds the group's evidence (known at time t), so
+            # early members' later plays score as the newest member's did
+            c["ts_ev"][rows] = np.maximum(c["ts_ev"][rows], score)
+            out.append(_alert(
+                "shared_track_set", "group", group_entity_id(members), t, score, ["shared_track_set"],
+                _feature_dict([("group_size", len(members), 1.0),
+                               ("group_share_of_listeners", float(u["set_size"][evk].max()
+                                                                  / max(u["track_listeners"][evk].max(), 1.0)),
+                                self.params.p_set)]),
+                {"members": members[:500], "n_members": len(members), "tracks": tracks[:20],
+                 "sample_event_ids": [batch.event_id[u["idx"][i]] for i in evk[:5].tolist()]},
+                float(rts[evk].max()), thr))
         return out
 
     def state_dict(self) -> dict:

@@ -1,0 +1,169 @@
+"""Shared new-track sets (playlist stuffing): bottom-k set keys, causal group
+counts and the ``shared_track_set`` group alert (issue 11)."""
+
+import numpy as np
+import pytest
+
+from detectors.serialize import dumps, loads
+from stream.batch import PlayBatch
+from stream.config import Settings
+from stream.fraud.models import CatalogFraudModel
+from stream.fraud.sketches import stable_hash64
+from stream.fraud.trackset import TrackSetGroups, set_keys
+from stream.schemas import group_entity_id
+
+T0 = 1_700_000_000.0 // 86400 * 86400
+
+
+def _plays(accs, ts, tracks):
+    """Columns for TrackSetGroups.update: account rows 0..m-1, their hashes."""
+    names = sorted(set(accs))
+    row = {a: i for i, a in enumerate(names)}
+    acc = np.array([row[a] for a in accs], np.int64)
+    return acc, stable_hash64(names)[acc], np.asarray(ts, float), stable_hash64(tracks)
+
+
+def _fresh(m, k=4):
+    return np.zeros((m, k), np.uint64), np.zeros(m, np.int32)
+
+
+def test_same_set_grows_a_group_different_sets_and_one_track_sets_do_not():
+    accs, ts, tracks = [], [], []
+    for i in range(8):  # a ring: the same 3 tracks, in any order
+        for j, tr in enumerate(np.random.default_rng(i).permutation(["x::1", "x::2", "x::3"])):
+            accs.append(f"bot{i}"); ts.append(T0 + 100 * i + j); tracks.append(str(tr))
+    for i in range(8):  # organic: different pairs of an album, and a one-track hit
+        accs += [f"fan{i}", f"fan{i}", f"hit{i}"]
+        ts += [T0 + 5000 + i, T0 + 5001 + i, T0 + 6000 + i]
+        tracks += [f"album::{i}", f"album::{(i + 1) % 12}", "viral::hit"]
+    acc, ah, t, th = _plays(accs, ts, tracks)
+    g = TrackSetGroups(k=4)
+    sig, sday = _fresh(acc.max() + 1)
+    keys, size = g.update(sig, sday, acc, ah, t, th, np.ones(len(t), bool))
+    names = sorted(set(accs))
+    bot = np.array([a.startswith("bot") for a in accs])
+    hit = np.array([a.startswith("hit") for a in accs])
+    # the ring's full-set plays: one key, and the k-th bot to hold it sees k accounts
+    last = [max(np.flatnonzero(np.array(accs) == f"bot{i}")) for i in range(8)]
+    assert len({int(keys[j]) for j in last}) == 1
+    assert [int(size[j]) for j in last] == list(range(1, 9))
+    assert (keys[hit] == 0).all() and (size[hit] == 0).all()  # a one-track set has no key
+    fan = ~bot & ~hit
+    assert size[fan].max() == 1  # different pairs never group
+    # set_keys gives the key the last play gave each account
+    rows = [names.index(f"bot{i}") for i in range(8)]
+    assert (set_keys(sig, 2)[rows] == keys[last[0]]).all()
+
+
+def test_group_sizes_do_not_depend_on_the_batch_split_and_reset_each_day():
+    rng = np.random.default_rng(3)
+    accs, ts, tracks = [], [], []
+    for i in range(12):
+        for j in range(6):
+            accs.append(f"bot{i}"); ts.append(T0 + rng.uniform(0, 7200)); tracks.append(f"x::{j % 3}")
+        accs.append(f"bot{i}"); ts.append(T0 + 86400 + 60 * i); tracks.append("x::0")  # next day
+    acc, ah, t, th = _plays(accs, ts, tracks)
+    order = np.argsort(t, kind="stable")
+    acc, ah, t, th = acc[order], ah[order], t[order], th[order]
+    ok = np.ones(len(t), bool)
+    g1 = TrackSetGroups()
+    s1, d1 = _fresh(12)
+    _, whole = g1.update(s1, d1, acc, ah, t, th, ok)
+    g2 = TrackSetGroups()
+    s2, d2 = _fresh(12)
+    parts = [g2.update(s2, d2, acc[o:o + 5], ah[o:o + 5], t[o:o + 5], th[o:o + 5], ok[o:o + 5])[1]
+             for o in range(0, len(t), 5)]
+    assert np.array_equal(whole, np.concatenate(parts))
+    assert whole.max() == 12
+    nextday = t >= T0 + 86400
+    assert (whole[nextday] == 0).all()  # one track so far on the new day: no key
+    assert (d1 == int((T0 + 86400) // 86400)).all()
+
+
+def test_bad_parameters_and_shapes_raise():
+    with pytest.raises(ValueError):
+        TrackSetGroups(k=1)
+    with pytest.raises(ValueError):
+        TrackSetGroups(k=4, min_distinct=5)
+    g = TrackSetGroups(k=4)
+    with pytest.raises(ValueError):
+        g.update(np.zeros((3, 2), np.uint64), np.zeros(3, np.int32), np.zeros(1, np.int64),
+                 np.ones(1, np.uint64), np.zeros(1), np.ones(1, np.uint64), np.ones(1, bool))
+
+
+def _rows(acc, ts, tracks, ms=200_000):
+    return [dict(event_id=f"{acc}-{i}-{t}", ts=float(t), account_id=acc, track_id=tr, artist_id=tr.split("::")[0],
+                 ms_played=ms, ip=f"ip-{acc}", device_id=f"d-{acc}", country="FR")
+            for i, (t, tr) in enumerate(zip(ts, tracks))]
+
+
+def _stream(n_bots, seed=0):
+    """4 quiet days of benign listening, then on day 4 ``n_bots`` light
+    accounts each loop a popular playlist holding 3 brand-new targets twice
+    (each target 2 plays per bot, starts spread over 3 h)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for a in range(40):
+        ts = np.sort(T0 + rng.uniform(0, 5 * 86400, 300))
+        rows += _rows(f"user{a}", ts, [f"Pop{int(k) % 30}::song {int(k)}" for k in rng.integers(0, 300, len(ts))])
+    playlist = [f"Pop{k}::song {k}" for k in range(20)] + [f"Stuffed::target {k}" for k in range(3)]
+    for b in range(n_bots):
+        start = T0 + 4 * 86400 + 6 * 3600 + rng.uniform(0, 3 * 3600)
+        ts = start + np.cumsum(rng.uniform(150, 260, 2 * len(playlist)))
+        rows += _rows(f"bot{b}", ts, playlist * 2)
+    return sorted(rows, key=lambda r: r["ts"])
+
+
+def _run(model, rows, size=400):
+    out = []
+    for o in range(0, len(rows), size):
+        out += model.process(PlayBatch.from_dicts(rows[o:o + size]))
+    return out
+
+
+def test_a_stuffing_ring_raises_one_group_alert_listing_all_its_light_members():
+    rows = _stream(10)
+    m = CatalogFraudModel(Settings())
+    alerts = _run(m, rows)
+    sets = [a for a in alerts if a.detector == "shared_track_set"]
+    assert len(sets) == 1
+    g = sets[0]
+    bots = {f"bot{b}" for b in range(10)}
+    assert g.entity_type == "group" and set(g.evidence["members"]) == bots
+    assert g.entity_id == group_entity_id(g.evidence["members"])
+    assert g.alert_id == _run(CatalogFraudModel(Settings()), rows)[alerts.index(g)].alert_id  # deterministic
+    # no benign listener named by any alert; no bot was heavy on a target
+    named = {x for a in alerts for x in ([a.entity_id] if a.entity_type == "account" else a.evidence.get("members", []))}
+    assert named <= bots
+    # members keep the group's evidence (the first bot to hold the set saw a group of 1)
+    c = m.features.accounts.cols_
+    assert c["ts_ev"][m.features.accounts.lookup(sorted(bots))].min() >= m.params.threshold
+
+
+def test_a_small_circle_sharing_a_set_gets_no_set_alert():
+    # six accounts holding the same three new tracks are a circle, not a crowd
+    alerts = _run(CatalogFraudModel(Settings()), _stream(6))
+    assert not [a for a in alerts if a.detector == "shared_track_set"]
+    assert not [a for a in alerts if a.entity_type == "account"]
+
+
+def test_trackset_state_survives_a_snapshot_and_old_snapshots_load():
+    rows = _stream(10, seed=4)
+    cut = next(i for i, r in enumerate(rows) if r["ts"] >= T0 + 4 * 86400 + 8 * 3600)
+    m = CatalogFraudModel(Settings())
+    _run(m, rows[:cut])
+    state = loads(dumps(m.state_dict()))
+    m2 = CatalogFraudModel(Settings())
+    m2.load_state_dict(state)
+    a1 = [a.alert_id for a in _run(m, rows[cut:])]
+    a2 = [a.alert_id for a in _run(m2, rows[cut:])]
+    assert a1 == a2 and a1
+    # a snapshot from before the shared-set state: no "trackset" entry, no set columns
+    old = loads(dumps(CatalogFraudModel(Settings()).state_dict()))
+    del old["features"]["trackset"]
+    for k in ("ts_sig", "ts_day", "ts_ev"):
+        del old["features"]["accounts"]["cols"][k]
+    m3 = CatalogFraudModel(Settings())
+    m3.load_state_dict(old)
+    assert m3.features.accounts.cols_["ts_sig"].shape[1] == 4
+    assert any(a.detector == "shared_track_set" for a in _run(m3, rows))
