@@ -558,6 +558,9 @@ def main(argv=None) -> int:
         t_warm_unix = time.time() + a.warmup * a.minutes * 60
         h_warm = None
         pids = {"worker": w.pids, "soak": [os.getpid()]}
+        if len(w.pids) > 1:  # per-process shares as well
+            for st, pid in zip(procs, w.pids):
+                pids["worker_" + "-".join(st)] = [pid]
         if broker is not None and broker.proc is not None:
             pids["broker"] = [broker.proc.pid]
         cpu0 = {k: cpu_s(v) for k, v in pids.items()}
@@ -613,11 +616,15 @@ def main(argv=None) -> int:
         out["worker_cpu_us_per_play"] = 1e6 * (cpu_end["worker"] - cpu0["worker"]) / max(1.0, consumed)
         out["broker_cpu_share"] = (cpu_end["broker"] - cpu0["broker"]) / dur if "broker" in pids else None
         out["producer_cpu_share"] = (cpu_end["soak"] - cpu0["soak"]) / dur
+        for k in pids:
+            if k.startswith("worker_"):
+                out[f"{k}_cpu_share"] = (cpu_end[k] - cpu0[k]) / dur
         print("\nsummary")
         for k in ("max_rate", "max_rate_drain_only", "target_rate", "achieved_rate", "rss_after_warmup_mib", "rss_end_mib", "rss_max_mib",
                   "rss_growth_after_warmup", "latency_alerts", "latency_p50_s", "latency_p99_s",
                   "latency_p99_whole_soak_s", "lag_mean", "lag_max", "lag_end", "lag_fwd_mean", "lag_fwd_max", "worker_cpu_share",
-                  "worker_cpu_us_per_play", "broker_cpu_share", "producer_cpu_share", "loadavg_start", "loadavg_end"):
+                  "worker_cpu_us_per_play", "worker_account_cpu_share", "worker_catalog_cpu_share",
+                  "broker_cpu_share", "producer_cpu_share", "loadavg_start", "loadavg_end"):
             v = out.get(k)
             print(f"  {k:28s} {v:,.3f}" if isinstance(v, float) else f"  {k:28s} {v}")
         if a.trace and any(tr.exists() for tr in traces):

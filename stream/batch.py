@@ -34,6 +34,7 @@ record_ts           float64       Kafka record timestamp of the original
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from operator import itemgetter
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -185,10 +186,19 @@ class PlayBatch:
         idx = np.asarray(idx)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
+        rows = idx.tolist()
+        # list columns: operator.itemgetter picks in C (a comprehension over
+        # numpy integers cost ~1.5 us per row over the 12 string columns)
+        pick = itemgetter(*rows) if len(rows) > 1 else None
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            out[f.name] = v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx]
+            if isinstance(v, np.ndarray):
+                out[f.name] = v[idx]
+            elif pick is not None:
+                out[f.name] = list(pick(v))
+            else:
+                out[f.name] = [v[i] for i in rows]
         return PlayBatch(**out)
 
     @classmethod
