@@ -34,6 +34,7 @@ record_ts           float64       Kafka record timestamp of the original
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from itertools import chain
 from operator import itemgetter
 from typing import Iterable, Sequence
 
@@ -212,7 +213,7 @@ class PlayBatch:
             if isinstance(vals[0], np.ndarray):
                 out[f.name] = np.concatenate(vals)
             else:
-                out[f.name] = [x for v in vals for x in v]
+                out[f.name] = list(chain.from_iterable(vals))
         return cls(**out)
 
     def to_bytes(self) -> bytes:
