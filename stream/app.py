@@ -594,9 +594,11 @@ def create_app(
         ftopic.__aiter__()  # subscribe: adds an iterator clone to the Conductor (acks enabled)
 
     def runner(intake: BatchIntake, driver: StageDriver):
+        max_records = s.catalog_batch_max_records if driver.stage == "catalog" else s.batch_max_records
+
         async def run() -> None:
             while True:
-                msgs = await intake.take(s.batch_max_records, s.batch_within_s)
+                msgs = await intake.take(max_records, s.batch_within_s)
                 if not msgs:
                     continue
                 try:

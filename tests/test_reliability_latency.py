@@ -219,9 +219,10 @@ def test_trace_records_full_garbage_collections(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [0, -5])
-def test_fetch_wait_setting_rejects_non_positive(bad):
+@pytest.mark.parametrize("name", ["consumer_fetch_max_wait_ms", "catalog_batch_max_records"])
+def test_fetch_wait_and_catalog_batch_settings_reject_non_positive(name, bad):
     with pytest.raises(ValueError):
-        Settings(consumer_fetch_max_wait_ms=bad)
+        Settings(**{name: bad})
 
 
 def test_batch_intake_batches_drops_stale_generations_and_applies_back_pressure():
