@@ -319,53 +319,6 @@ class AccountFraudModel:
         self.features.expire(self.max_ts_)
         self.alerts_.expire(self.max_ts_)
 
-    def _set_alerts(self, batch, u, rts, thr) -> list[Alert]:
-        """Shared new-track sets: one ``group`` alert per set key and window
-        when a play's shared-set evidence alone reaches ``thr``. Members are
-        the accounts holding that set today (their bottom-k sketches, one
-        vectorised pass over the account table); the alert is stamped at the
-        batch's newest play of the set, so members that joined within the
-        batch are behind it."""
-        ev = u.get("set_ev")
-        if ev is None:
-            return []
-        hot = np.flatnonzero(ev >= thr)
-        if not len(hot):
-            return []
-        F = self.features
-        c = F.accounts.cols_
-        keys = u["set_key"]
-        out = []
-        all_keys = None
-        for key in np.unique(keys[hot]).tolist():
-            evk = np.flatnonzero(keys == np.uint64(key))
-            t = float(u["ts"][evk].max())
-            anchor = f"set:{int(key):016x}"
-            if not self.alerts_.first("shared_track_set", anchor, t):
-                continue
-            if all_keys is None:
-                all_keys = set_keys(c["ts_sig"], F.trackset.min_distinct)
-            day = int(t // 86400)
-            rows = np.flatnonzero((all_keys == np.uint64(key)) & (c["ts_day"] == day) & F.accounts.live_)
-            members = sorted(F.accounts.ids_[r] for r in rows.tolist())
-            if len(members) < self.params.set_min:
-                continue
-            tracks = sorted({batch.track_id[u["idx"][i]] for i in evk.tolist()})
-            score = float(ev[evk].max())
-            # every member now holds the group's evidence (known at time t), so
-            # early members' later plays score as the newest member's did
-            c["ts_ev"][rows] = np.maximum(c["ts_ev"][rows], score)
-            out.append(_alert(
-                "shared_track_set", "group", group_entity_id(members), t, score, ["shared_track_set"],
-                _feature_dict([("group_size", len(members), 1.0),
-                               ("group_share_of_listeners", float(u["set_size"][evk].max()
-                                                                  / max(u["track_listeners"][evk].max(), 1.0)),
-                                self.params.p_set)]),
-                {"members": members[:500], "n_members": len(members), "tracks": tracks[:20],
-                 "sample_event_ids": [batch.event_id[u["idx"][i]] for i in evk[:5].tolist()]},
-                float(rts[evk].max()), thr))
-        return out
-
     def state_dict(self) -> dict:
         """Snapshot (msgpack-able via :mod:`detectors.serialize`)."""
         return {"features": self.features.state_dict(), "alerted": dict(self.alerts_.last_),
