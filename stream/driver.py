@@ -351,15 +351,8 @@ class StageDriver:
         snapshots of a large state take at most ~5% of the stage's time
         (commits lag accordingly), up to ``snapshot_max_interval_s``. A
         partition never snapshotted counts from the driver's start."""
-        now = time.monotonic()
-        interval = self._interval()
-        over = []
-        for p in self.pending:
-            if p not in self.runtimes:
-                continue
-            last = self.last_snapshot.get(p, self._started)
-            if now - last >= interval:
-                over.append((now - last - interval, p))
+        now, interval = time.monotonic(), self._interval()
+        over = [(by, p) for p in self.pending if (by := self._overdue_by(p, now, interval)) is not None]
         return [p for _, p in sorted(over, reverse=True)]
 
     def _interval(self) -> float:
@@ -367,9 +360,17 @@ class StageDriver:
         return min(max(st.snapshot_interval_s, 20.0 * sum(self.snapshot_cost_s.values())),
                    max(st.snapshot_interval_s, st.snapshot_max_interval_s))
 
+    def _overdue_by(self, p: int, now: float, interval: float) -> float | None:
+        """Seconds by which partition ``p``'s snapshot is overdue (pending or
+        not), or None when it is not due or not owned."""
+        if p not in self.runtimes:
+            return None
+        by = now - self.last_snapshot.get(p, self._started) - interval
+        return by if by >= 0 else None
+
     def _overdue(self, p: int) -> bool:
         """True when partition ``p``'s snapshot interval has passed (pending or not)."""
-        return p in self.runtimes and time.monotonic() - self.last_snapshot.get(p, self._started) >= self._interval()
+        return self._overdue_by(p, time.monotonic(), self._interval()) is not None
 
     def snapshot_due(self) -> bool:
         """True when some partition's snapshot is due (:meth:`due_partitions`)."""
