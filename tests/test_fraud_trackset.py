@@ -167,3 +167,18 @@ def test_trackset_state_survives_a_snapshot_and_old_snapshots_load():
     m3.load_state_dict(old)
     assert m3.features.accounts.cols_["ts_sig"].shape[1] == 4
     assert any(a.detector == "shared_track_set" for a in _run(m3, rows))
+
+
+def test_holders_keep_the_set_evidence_as_the_group_grows():
+    # 20 bots: the group alert fires when the set's evidence first reaches the
+    # threshold; the bots that completed the set before then must end with the
+    # grown group's evidence, not the threshold's (session 5)
+    rows = _stream(20, seed=2)
+    m = CatalogFraudModel(Settings())
+    alerts = _run(m, rows)
+    sets = [a for a in alerts if a.detector == "shared_track_set"]
+    assert len(sets) == 1
+    c = m.features.accounts.cols_
+    ev = c["ts_ev"][m.features.accounts.lookup([f"bot{b}" for b in range(20)])]
+    assert ev.max() >= sets[0].score + 3.0  # the group grew after its alert
+    assert ev.min() >= ev.max() - 1.0  # SET_PROPAGATE_NATS

@@ -30,9 +30,11 @@ Account features (per touched account, after the batch):
                             on another device (two streams at once), tau 12 h
 ``country_switches``        consecutive plays < 30 min apart in different
                             countries (travel speed beyond flight), tau 12 h
-``ips_today`` / ``devices_today`` / ``countries_today``  distinct IPs, devices
-                            and countries of the account today (64-bit
-                            linear-counting bitmaps)
+``ips_24h`` / ``devices_24h`` / ``countries_24h``  distinct IPs, devices
+                            and countries of the account in the last 18-24 h
+                            (64-bit linear-counting bitmaps, one per 6-h block,
+                            4 blocks in a ring: a run that straddles midnight
+                            is not split in two, as it was with UTC-day counts)
 ``ip_accounts`` / ``device_accounts``  distinct accounts (HyperLogLog, today and
                             yesterday) of the IP / device of the account's
                             newest play in the batch
@@ -72,13 +74,18 @@ TAU_WEEK = 7 * 86400.0
 #: Consecutive plays in different countries closer than this (s) are an
 #: impossible journey (no flight is that fast between most country pairs).
 TRAVEL_GAP_S = 1800.0
+#: Identity windows (distinct IPs / devices / countries): a ring of
+#: ``WIN_BLOCKS`` bitmaps of ``WIN_BLOCK_S`` seconds each; the window is the
+#: current block and the ``WIN_BLOCKS - 1`` before it (18-24 h).
+WIN_BLOCK_S = 6 * 3600.0
+WIN_BLOCKS = 4
 
 #: Names of the feature columns returned by :meth:`AccountFeatures.update`.
 FEATURE_NAMES = (
     "plays_1h", "plays_12h", "share_30_40", "skip_rate", "completion", "distinct_ratio",
     "repeat_ratio", "gap_cv", "active_hours_24h", "hour_entropy", "new_device_plays",
     "new_ip_plays", "new_country_plays", "odd_hour_new_device", "new_identity_plays", "overlaps",
-    "country_switches", "ip_accounts", "device_accounts", "ips_today", "devices_today", "countries_today",
+    "country_switches", "ip_accounts", "device_accounts", "ips_24h", "devices_24h", "countries_24h",
 )
 
 _ACCOUNT_COLS = {
@@ -93,7 +100,8 @@ _ACCOUNT_COLS = {
     "dev": ("u4", (3,)), "dev_t": ("f8", (3,)), "ip": ("u4", (3,)), "ip_t": ("f8", (3,)),
     "ctry": ("u4", (3,)), "ctry_t": ("f8", (3,)), "rr": ("u1", (3,)),
     "day": ("i4", ()), "day_plays": ("i4", ()), "day_bits": ("u8", (4,)),
-    "day_ipbits": ("u8", (1,)), "day_devbits": ("u8", (1,)), "day_ctrybits": ("u8", (1,)),
+    "win_blk": ("i4", ()), "win_ipbits": ("u8", (WIN_BLOCKS,)), "win_devbits": ("u8", (WIN_BLOCKS,)),
+    "win_ctrybits": ("u8", (WIN_BLOCKS,)),
     "last_ipslot": ("i8", ()), "last_devslot": ("i8", ()),
 }
 _NET_COLS = {"day": ("i4", ()), "plays": ("f4", ()), "t_ref": ("f8", ())}
@@ -241,19 +249,12 @@ class AccountFeatures:
         c["day"][rs] = dmax[roll]
         c["day_plays"][rs] = 0
         c["day_bits"][rs] = 0
-        c["day_ipbits"][rs] = 0
-        c["day_devbits"][rs] = 0
-        c["day_ctrybits"][rs] = 0
         today = day == c["day"][a]
         at = a[today]
         scatter_add(c["day_plays"], at, 1)
         bit = (mix64(trk.astype(np.uint64)) & np.uint64(255)).astype(np.int64)
         bitmap_set(c["day_bits"], at, bit[today])
-        for name, h in (("day_ipbits", ipc), ("day_devbits", dev), ("day_ctrybits", ctry)):
-            hb = h[today]
-            has = hb != 0
-            if has.any():
-                bitmap_set(c[name], at[has], (mix64(hb[has].astype(np.uint64)) & np.uint64(63)).astype(np.int64))
+        self._window_bits(a, slots, inv, ts, ((ipc, "win_ipbits"), (dev, "win_devbits"), (ctry, "win_ctrybits")))
         # ---- sequences: gaps, overlaps, travel (sorted by account, ts)
         prev_ts = np.empty(n)
         prev_end = np.empty(n)
@@ -346,10 +347,47 @@ class AccountFeatures:
         scatter_max(devmax, inv, dev_acc_ev)
         X[:, 17] = ipmax
         X[:, 18] = devmax
-        X[:, 19] = linear_count(c["day_ipbits"][slots])
-        X[:, 20] = linear_count(c["day_devbits"][slots])
-        X[:, 21] = linear_count(c["day_ctrybits"][slots])
+        for col, name in ((19, "win_ipbits"), (20, "win_devbits"), (21, "win_ctrybits")):
+            X[:, col] = linear_count(np.bitwise_or.reduce(c[name][slots], axis=1)[:, None])
         return slots, X, {"event_slot": a, "inv": inv, "ip_accounts_event": ip_acc_ev}
+
+    def _window_bits(self, a, slots, inv, ts, kinds) -> None:
+        """Fold plays into the accounts' ring of identity bitmaps.
+
+        The ring holds one 64-bit bitmap per ``WIN_BLOCK_S`` block and kind;
+        an account's newest block (``win_blk``) moving forward by k blocks
+        clears the k ring entries it reuses (all of them when k >= the ring
+        size). Plays older than the ring (late events) are dropped.
+
+        Args:
+            a: int (n,) account slot of each play; ``slots`` (m,) the unique
+                slots and ``inv`` (n,) each play's index in them.
+            ts: float64 (n,) play end times (Unix s).
+            kinds: ``(hashes uint32 (n,), column name)`` pairs; hash 0 (a
+                missing value) sets no bit.
+        """
+        c = self.accounts.cols_
+        blk = (ts // WIN_BLOCK_S).astype(np.int64)
+        bmax = np.full(len(slots), -1, np.int64)
+        scatter_max(bmax, inv, blk)
+        old = c["win_blk"][slots].astype(np.int64)
+        k = bmax - old
+        for name in (nm for _, nm in kinds):
+            bits = c[name]
+            bits[slots[k >= WIN_BLOCKS]] = 0
+            for j in range(1, WIN_BLOCKS):
+                sel = (k >= j) & (k < WIN_BLOCKS)
+                if sel.any():
+                    bits[slots[sel], (old[sel] + j) % WIN_BLOCKS] = 0
+        newest = np.maximum(old, bmax)
+        c["win_blk"][slots] = newest
+        live = blk > newest[inv] - WIN_BLOCKS
+        word = (blk % WIN_BLOCKS) * 64
+        for h, name in kinds:
+            sel = live & (h != 0)
+            if sel.any():
+                pos = word[sel] + (mix64(h[sel].astype(np.uint64)) & np.uint64(63)).astype(np.int64)
+                bitmap_set(c[name], a[sel], pos)
 
     def _novel(self, a, h, ts, key, tkey) -> np.ndarray:
         """Per event: is value ``h`` of account ``a`` first seen < 24 h ago.

@@ -46,6 +46,10 @@ from stream.schemas import Alert, AlertKind, Severity, group_entity_id, window_a
 #: Alert window of the play-fraud detectors (s): one UTC day.
 ALERT_WINDOW_S = 86400
 
+#: Nats by which a shared set's evidence must grow before all its holders are
+#: raised to it again (bounds the account-table passes per key and day).
+SET_PROPAGATE_NATS = 1.0
+
 #: Callback ``sink(stage, batch, event_scores)`` that eval uses to read the
 #: score (float64, shape (n,)) each event's account has after the batch.
 ScoreSink = Callable[[str, PlayBatch, np.ndarray], None]
@@ -219,19 +223,19 @@ class AccountFraudModel:
             # impossible journeys count among 4+ countries a day: ping-pong
             # between home and one or two favourite VPN exits is a VPN toggle
             "country_switches": 4.0 * F["country_switches"]
-            * (F["countries_today"] > p.countries_free + 0.5),
+            * (F["countries_24h"] > p.countries_free + 0.5),
             "overlaps": 2.0 * np.maximum(F["overlaps"] - 1.0, 0.0),
             "ip_accounts": 0.5 * np.log(np.maximum(F["ip_accounts"] / p.ip_accounts_free, 1.0)) * np.minimum(n12, 30.0),
             "device_accounts": 2.0 * np.maximum(F["device_accounts"] - p.device_accounts_free, 0.0),
             "plays_12h": 0.1 * poisson_llr(n12, np.full(len(n12), p.plays_12h_free)),
-            "ips_today": p.ips_weight * np.maximum(F["ips_today"] - p.ips_free, 0.0),
-            "devices_today": 3.0 * np.maximum(F["devices_today"] - p.devices_free, 0.0),
-            "countries_today": p.countries_weight * np.maximum(F["countries_today"] - p.countries_free, 0.0),
+            "ips_24h": p.ips_weight * np.maximum(F["ips_24h"] - p.ips_free, 0.0),
+            "devices_24h": 3.0 * np.maximum(F["devices_24h"] - p.devices_free, 0.0),
+            "countries_24h": p.countries_weight * np.maximum(F["countries_24h"] - p.countries_free, 0.0),
         }
 
     _TYPICAL = {"share_30_40": 0.015, "active_hours_24h": 5.0, "gap_cv": 1.0, "odd_hour_new_device": 0.0,
                 "country_switches": 0.0, "overlaps": 0.0, "ip_accounts": 2.0, "device_accounts": 1.0,
-                "plays_12h": 20.0, "ips_today": 2.0, "devices_today": 1.0, "countries_today": 1.0}
+                "plays_12h": 20.0, "ips_24h": 2.0, "devices_24h": 1.0, "countries_24h": 1.0}
 
     def process(self, batch: PlayBatch) -> list[Alert]:
         """Update features, score touched accounts, return new alerts."""
@@ -366,6 +370,8 @@ class CatalogFraudModel:
         self.params = params or FraudParams()
         self.features = CatalogFeatures(ttl_s=settings.detection.state_ttl_s)
         self.alerts_ = _AlertLog()
+        #: set key anchor -> (day, evidence last given to its holders)
+        self.set_given_: dict[str, tuple[int, float]] = {}
         self.n_batches_ = 0
         self.max_ts_ = 0.0
         self.score_sink: ScoreSink | None = None
@@ -486,6 +492,8 @@ class CatalogFraudModel:
         if self.n_batches_ % 100 == 0:
             F.expire(self.max_ts_)
             self.alerts_.expire(self.max_ts_)
+            today = int(self.max_ts_ // 86400)
+            self.set_given_ = {k: v for k, v in self.set_given_.items() if v[0] >= today - 1}
         return alerts
 
     def _track_alerts(self, batch, u, T_track, rts) -> list[Alert]:
@@ -573,7 +581,14 @@ class CatalogFraudModel:
         the accounts holding that set today (their bottom-k sketches, one
         vectorised pass over the account table); the alert is stamped at the
         batch's newest play of the set, so members that joined within the
-        batch are behind it."""
+        batch are behind it.
+
+        Every holder keeps the group's evidence, and keeps it as the group
+        grows: when a later play's set evidence exceeds what the key's holders
+        were last given (``set_given_``, per key and day) by
+        ``SET_PROPAGATE_NATS``, all holders are raised to it again (before
+        session 5 only the alert's evidence was given, so members that
+        completed their set before the group grew held the threshold score)."""
         ev = u.get("set_ev")
         if ev is None:
             return []
@@ -588,21 +603,27 @@ class CatalogFraudModel:
         for key in np.unique(keys[hot]).tolist():
             evk = np.flatnonzero(keys == np.uint64(key))
             t = float(u["ts"][evk].max())
+            day = int(t // 86400)
+            score = float(ev[evk].max())
             anchor = f"set:{int(key):016x}"
-            if not self.alerts_.first("shared_track_set", anchor, t):
+            given = self.set_given_.get(anchor)
+            grown = given is None or given[0] != day or score >= given[1] + SET_PROPAGATE_NATS
+            new_alert = self.alerts_.first("shared_track_set", anchor, t)
+            if not (grown or new_alert):
                 continue
             if all_keys is None:
                 all_keys = set_keys(c["ts_sig"], F.trackset.min_distinct)
-            day = int(t // 86400)
             rows = np.flatnonzero((all_keys == np.uint64(key)) & (c["ts_day"] == day) & F.accounts.live_)
-            members = sorted(F.accounts.ids_[r] for r in rows.tolist())
-            if len(members) < self.params.set_min:
+            if len(rows) < self.params.set_min:
                 continue
-            tracks = sorted({batch.track_id[u["idx"][i]] for i in evk.tolist()})
-            score = float(ev[evk].max())
-            # every member now holds the group's evidence (known at time t), so
+            # every holder now holds the group's evidence (known at time t), so
             # early members' later plays score as the newest member's did
-            c["ts_ev"][rows] = np.maximum(c["ts_ev"][rows], score)
+            c["ts_ev"][rows] = np.where(c["day"][rows] == day, np.maximum(c["ts_ev"][rows], score), c["ts_ev"][rows])
+            self.set_given_[anchor] = (day, score)
+            if not new_alert:
+                continue
+            members = sorted(F.accounts.ids_[r] for r in rows.tolist())
+            tracks = sorted({batch.track_id[u["idx"][i]] for i in evk.tolist()})
             out.append(_alert(
                 "shared_track_set", "group", group_entity_id(members), t, score, ["shared_track_set"],
                 _feature_dict([("group_size", len(members), 1.0),
@@ -617,12 +638,14 @@ class CatalogFraudModel:
     def state_dict(self) -> dict:
         """Snapshot (msgpack-able via :mod:`detectors.serialize`)."""
         return {"features": self.features.state_dict(), "alerted": dict(self.alerts_.last_),
+                "set_given": {k: [int(d), float(v)] for k, (d, v) in self.set_given_.items()},
                 "n_batches": self.n_batches_, "max_ts": self.max_ts_}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`."""
         self.features.load_state_dict(state["features"])
         self.alerts_.last_ = {k: int(v) for k, v in state["alerted"].items()}
+        self.set_given_ = {k: (int(d), float(v)) for k, (d, v) in state.get("set_given", {}).items()}
         self.n_batches_ = int(state["n_batches"])
         self.max_ts_ = float(state["max_ts"])
 
