@@ -227,17 +227,25 @@ def metric(text: str, name: str, **labels) -> float:
 
 class Producer:
     """Sends planned plays in order from a background thread at a settable rate
-    (plays/s; 0 = as fast as possible), in 50 ms steps.
+    (plays/s; 0 = as fast as possible), in steps of ``every`` seconds.
 
     It shares the 2 cores with the worker and the broker, so it builds one
     record batch per destination partition (aiokafka ``create_batch`` /
     ``send_batch``; partition = murmur2 of the account id, as Kafka's default
     partitioner, :func:`stream.runtime.kafka_partition`) instead of one
     ``send`` per play; each record's timestamp is set when it is appended
-    (CreateTime, the start of ``playguard_alert_latency_seconds``)."""
+    (CreateTime, the start of ``playguard_alert_latency_seconds``).
 
-    def __init__(self, s: Settings, batch: PlayBatch):
-        self.s, self.batch = s, batch
+    ``every`` sets how many record batches the broker stores: one per
+    destination partition and step. The embedded broker's fetch cost grows
+    with the batches stored in a partition (RELIABILITY.md, "The embedded
+    broker's fetch cost"), so 50 ms steps (20 batches/s per partition) made
+    its CPU grow 3x faster than 250 ms steps in the same 2 minutes."""
+
+    def __init__(self, s: Settings, batch: PlayBatch, every: float = 0.25):
+        if every <= 0:
+            raise ValueError("every must be positive")
+        self.s, self.batch, self.every = s, batch, every
         self._part: dict[str, int] = {}
         self.sent = 0
         self.limit = 0
@@ -269,14 +277,14 @@ class Producer:
                 t_last = now
                 n = min(n, self.limit - self.sent)
                 if n <= 0:
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(self.every)
                     continue
                 part = self.batch.take(np.arange(self.sent, self.sent + n))
                 await self._send(p, topic, part)
                 self.sent += n
                 credit = credit - n if self.rate > 0 else 0.0
                 if self.rate > 0:
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(self.every)
         finally:
             await p.stop()
 
@@ -460,6 +468,8 @@ def main(argv=None) -> int:
                          "or the backlog drain rate alone")
     ap.add_argument("--probe-s", type=float, default=45.0, help="seconds each sustained-rate probe holds its rate")
     ap.add_argument("--probes", type=int, default=5, help="at most this many sustained-rate probes")
+    ap.add_argument("--produce-every", type=float, default=0.25,
+                    help="seconds between the load generator's sends (one record batch per partition each)")
     ap.add_argument("--split-stages", action="store_true",
                     help="run the account and catalog stages in two worker processes (playguard worker --stages)")
     a = ap.parse_args(argv)
@@ -488,7 +498,7 @@ def main(argv=None) -> int:
         out["passes"] = passes
         print(f"planned {len(plan):,} plays ({passes} passes of {len(plan.base):,}) in "
               f"{time.monotonic() - t0:.0f} s", flush=True)
-        prod = Producer(s, plan)
+        prod = Producer(s, plan, every=a.produce_every)
         audit = work / "audit.jsonl"
         workers = []
         for st, tr in zip(procs, traces):
