@@ -555,3 +555,30 @@ def test_ack_many_keeps_fausts_ack_bookkeeping():
     assert c2._n_acked == c1._n_acked == 3
     assert [m.acked for m in m2] == [m.acked for m in m1]
     assert [m.refcount for m in m2] == [m.refcount for m in m1]
+
+
+def test_alert_latency_histogram_resolves_the_one_second_target():
+    """The soak reads p99 from ``playguard_alert_latency_seconds`` buckets
+    (linear within a bucket, as PromQL): with only 1.0 and 2.5 around the
+    target, three alerts at 1.1 s in a hundred read as p99 = 2.0 s."""
+    import importlib.util
+    from pathlib import Path
+
+    from prometheus_client import generate_latest
+
+    spec = importlib.util.spec_from_file_location(
+        "soak_bench", Path(__file__).resolve().parents[1] / "bench" / "soak.py")
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+    m = Metrics()
+    for v in [0.4] * 97 + [1.1] * 3:
+        m.alert_latency.labels(kind="play_fraud").observe(v)
+    text = generate_latest(m.registry).decode()
+    p99 = soak.histogram_quantile(0.99, soak.histogram(text, "playguard_alert_latency_seconds", kind="play_fraud"))
+    assert abs(p99 - 1.1) < 0.15, p99
+    # and a p99 under the target reads under it
+    m2 = Metrics()
+    for v in [0.4] * 97 + [0.9] * 3:
+        m2.alert_latency.labels(kind="play_fraud").observe(v)
+    text = generate_latest(m2.registry).decode()
+    assert soak.histogram_quantile(0.99, soak.histogram(text, "playguard_alert_latency_seconds", kind="play_fraud")) <= 1.0
