@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     commit_interval_s: float = 2.0
     #: State snapshots per partition are written at least this often (s).
     snapshot_interval_s: float = 5.0
+    #: The snapshot interval stretches to this many times the summed cost of
+    #: the partitions' last snapshots (20: snapshots take at most ~5% of a
+    #: stage's time), never past ``snapshot_max_interval_s``.
+    snapshot_cost_factor: float = Field(20.0, gt=0)
     #: Upper bound of the stretched snapshot interval (s): the interval grows
     #: to 20x the snapshots' cost, but never past this, so commits (and the
     #: records re-read after a crash) lag by at most this much.
