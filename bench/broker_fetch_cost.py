@@ -65,6 +65,8 @@ def _plays(n: int) -> list[bytes]:
 
 
 async def run(a: argparse.Namespace) -> None:
+    """Start a broker, run the load of ``a`` (see the module docstring) and
+    print the broker's CPU and RSS every 15 s; stops the broker at the end."""
     with EmbeddedBroker() as b:
         pid = b.proc.pid
         admin = AIOKafkaAdminClient(bootstrap_servers=b.bootstrap)
@@ -124,6 +126,7 @@ async def run(a: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
+    """Command line; returns 0, or 2 (one line on stderr) for bad arguments."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=int, default=20000, help="plays/s")
     ap.add_argument("--seconds", type=float, default=105.0)

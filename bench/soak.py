@@ -242,7 +242,11 @@ class Producer:
     destination partition and step. The embedded broker's fetch cost grows
     with the batches stored in a partition (RELIABILITY.md, "The embedded
     broker's fetch cost"), so 50 ms steps (20 batches/s per partition) made
-    its CPU grow 3x faster than 250 ms steps in the same 2 minutes."""
+    its CPU grow 3x faster than 250 ms steps in the same 2 minutes.
+
+    Raises:
+        ValueError: if ``every`` is not positive.
+    """
 
     def __init__(self, s: Settings, batch: PlayBatch, every: float = 0.25):
         if every <= 0:

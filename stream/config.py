@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     #: stage's time), never past ``snapshot_max_interval_s``.
     snapshot_cost_factor: float = Field(20.0, gt=0)
     #: Upper bound of the stretched snapshot interval (s): the interval grows
-    #: to 20x the snapshots' cost, but never past this, so commits (and the
+    #: with the snapshots' cost, but never past this, so commits (and the
     #: records re-read after a crash) lag by at most this much.
     snapshot_max_interval_s: float = 60.0
     #: Longest time a fetch request may wait at the broker for new records
@@ -155,8 +155,9 @@ class Settings(BaseSettings):
     batch_within_s: float = 0.05
     #: Records of ``plays.by_artist`` per catalog-stage micro-batch. Each is a
     #: forwarded batch of up to ``batch_max_records`` plays split over the
-    #: partitions; 2,000 of them made catalog batches of ~14k plays (0.1-0.5 s of one event loop) at
-    #: 20k plays/s; 16 keep one step under ~0.1 s (RELIABILITY.md, "Soak").
+    #: partitions; 2,000 of them made catalog batches of ~14k plays (0.1-0.5
+    #: s of one event loop) at 20k plays/s; 16 keep one step under ~0.1 s
+    #: (RELIABILITY.md, "Soak").
     catalog_batch_max_records: int = Field(16, ge=1)
 
     # Time (CONVENTIONS.md, "Time")

@@ -347,12 +347,13 @@ class StageDriver:
     def due_partitions(self) -> list[int]:
         """Partitions with pending acks whose snapshot interval has passed,
         most overdue first. The interval is ``snapshot_interval_s``, stretched
-        to ``snapshot_cost_factor`` (20) x the summed cost of the last snapshot of every partition (the
-        state capture under the lock; not the wait for the broker to store
-        the records, nor the acks, which grow with the interval), so snapshots of a large state take
-        at most ~5% of the stage's time (commits lag accordingly), up to
-        ``snapshot_max_interval_s``. A
-        partition never snapshotted counts from the driver's start."""
+        to ``snapshot_cost_factor`` (20) x the summed cost of the last
+        snapshot of every partition (the state capture under the lock; not
+        the wait for the broker to store the records, nor the acks, which
+        grow with the interval), so snapshots of a large state take at most
+        ~5% of the stage's time (commits lag accordingly), up to
+        ``snapshot_max_interval_s``. A partition never snapshotted counts
+        from the driver's start."""
         now, interval = time.monotonic(), self._interval()
         over = [(by, p) for p in self.pending if (by := self._overdue_by(p, now, interval)) is not None]
         return [p for _, p in sorted(over, reverse=True)]
