@@ -24,35 +24,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import sys
 import time
 from pathlib import Path
 
 _HERE = str(Path(__file__).resolve().parent)
-sys.path[:] = [p for p in sys.path if p not in ("", _HERE)] + [str(Path(_HERE).parent)]
+# the repository before bench/ (whose detectors.py would shadow the package)
+sys.path[:] = [p for p in sys.path if p not in ("", _HERE)] + [str(Path(_HERE).parent), _HERE]
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
+from soak import cpu_s, rss_mb  # noqa: E402  (the soak's /proc readers)
 from stream.broker import EmbeddedBroker  # noqa: E402
 
 PARTITIONS = 8
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_rss_mib(pid: int) -> float:
-    """Resident set size of process ``pid``, MiB (Linux ``/proc``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _plays(n: int) -> list[bytes]:
@@ -91,7 +78,7 @@ async def run(a: argparse.Namespace) -> None:
         tasks = [asyncio.create_task(consume(i)) for i in range(a.consumers)]
         vals = _plays(5000)
         t0 = time.monotonic()
-        sent, cpu_last, t_last, t_next = 0, proc_cpu_s(pid), t0, t0 + 15
+        sent, cpu_last, t_last, t_next = 0, cpu_s(pid), t0, t0 + 15
         print(f"rate {a.rate}/s, one batch per partition every {a.every} s, {a.consumers} consumer group(s), "
               f"fetch wait {a.wait} ms")
         while time.monotonic() - t0 < a.seconds:
@@ -113,9 +100,9 @@ async def run(a: argparse.Namespace) -> None:
             await asyncio.sleep(a.every)
             now = time.monotonic()
             if now >= t_next:
-                cpu = proc_cpu_s(pid)
+                cpu = cpu_s(pid)
                 print(f"{now - t0:5.0f} s  sent {sent:>10,}  consumed {got[0]:>10,}  "
-                      f"broker {(cpu - cpu_last) / (now - t_last):.2f} core  RSS {proc_rss_mib(pid):,.0f} MiB",
+                      f"broker {(cpu - cpu_last) / (now - t_last):.2f} core  RSS {rss_mb(pid):,.0f} MiB",
                       flush=True)
                 cpu_last, t_last, t_next = cpu, now, now + 15
         for t in tasks:
