@@ -182,3 +182,42 @@ def test_holders_keep_the_set_evidence_as_the_group_grows():
     ev = c["ts_ev"][m.features.accounts.lookup([f"bot{b}" for b in range(20)])]
     assert ev.max() >= sets[0].score + 3.0  # the group grew after its alert
     assert ev.min() >= ev.max() - 1.0  # SET_PROPAGATE_NATS
+
+
+def test_a_set_that_first_gets_hot_with_too_few_holders_still_alerts_its_real_group():
+    # Wave 1: nine accounts, one after another, complete the 3-target set and
+    # at once add a private new track, so they leave the set's key: the key's
+    # day count (distinct accounts, drifted ones included) makes its evidence
+    # hot while it has 0-1 current holders. Wave 2, hours later: ten bots that
+    # keep the set. The day's one alert for the key must go to wave 2's group,
+    # not be used up by wave 1's hot play with fewer than ``set_min`` holders.
+    rng = np.random.default_rng(3)
+    rows = []
+    for a in range(40):
+        ts = np.sort(T0 + rng.uniform(0, 5 * 86400, 300))
+        rows += _rows(f"user{a}", ts, [f"Pop{int(k) % 30}::song {int(k)}" for k in rng.integers(0, 300, len(ts))])
+    targets = [f"Stuffed::target {k}" for k in range(3)]
+    day4 = T0 + 4 * 86400
+    for b in range(9):
+        start = day4 + 3600 + b * 1800.0
+        ts = start + 200.0 * np.arange(6)
+        rows += _rows(f"drift{b}", ts, ["Pop1::song 1", "Pop2::song 2"] + targets + [f"Own{b}::demo"])
+    for b in range(10):
+        start = day4 + 10 * 3600 + b * 300.0
+        ts = start + 200.0 * np.arange(5)
+        rows += _rows(f"keep{b}", ts, ["Pop1::song 1", "Pop2::song 2"] + targets)
+    rows.sort(key=lambda r: r["ts"])
+    cut = next(i for i, r in enumerate(rows) if r["ts"] >= day4 + 10 * 3600)
+    m1 = CatalogFraudModel(Settings())
+    assert not [a for a in _run(m1, rows[:cut], size=50) if a.detector == "shared_track_set"]
+    # wave 1 alone does reach the threshold (the case under test), with no group alert
+    ev1 = m1.features.accounts.cols_["ts_ev"][m1.features.accounts.lookup([f"drift{b}" for b in range(9)])]
+    assert ev1.max() >= m1.params.threshold
+    m = CatalogFraudModel(Settings())
+    alerts = _run(m, rows, size=50)
+    g_day = [a for a in alerts if a.detector == "shared_track_set"]
+    assert len(g_day) == 1
+    members = set(g_day[0].evidence["members"])
+    assert len(members) >= m.params.set_min
+    assert members <= {f"keep{b}" for b in range(10)}
+    assert g_day[0].evidence["last_event_ts"] >= day4 + 10 * 3600

@@ -145,6 +145,11 @@ class _AlertLog:
         self.last_[k] = w
         return True
 
+    def seen(self, detector: str, entity: str, t: float) -> bool:
+        """True if (detector, entity) already alerted in the window of ``t``
+        (records nothing)."""
+        return self.last_.get(f"{detector}\x00{entity}", -1) >= int(t // ALERT_WINDOW_S)
+
     def expire(self, now: float) -> None:
         w = int(now // ALERT_WINDOW_S) - 2
         self.last_ = {k: v for k, v in self.last_.items() if v >= w}
@@ -608,14 +613,20 @@ class CatalogFraudModel:
             anchor = f"set:{int(key):016x}"
             given = self.set_given_.get(anchor)
             grown = given is None or given[0] != day or score >= given[1] + SET_PROPAGATE_NATS
-            new_alert = self.alerts_.first("shared_track_set", anchor, t)
+            new_alert = not self.alerts_.seen("shared_track_set", anchor, t)
             if not (grown or new_alert):
                 continue
             if all_keys is None:
                 all_keys = set_keys(c["ts_sig"], F.trackset.min_distinct)
             rows = np.flatnonzero((all_keys == np.uint64(key)) & (c["ts_day"] == day) & F.accounts.live_)
+            # the day count includes accounts that have left the key (a later
+            # new track changes their sketch): with fewer than ``set_min``
+            # holders now there is no group to alert, and the day's alert slot
+            # must stay free for the group that may form later (session 6)
             if len(rows) < self.params.set_min:
                 continue
+            if new_alert:
+                self.alerts_.first("shared_track_set", anchor, t)
             # every holder now holds the group's evidence (known at time t), so
             # early members' later plays score as the newest member's did
             c["ts_ev"][rows] = np.where(c["day"][rows] == day, np.maximum(c["ts_ev"][rows], score), c["ts_ev"][rows])
