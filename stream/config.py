@@ -111,6 +111,14 @@ class Settings(BaseSettings):
     commit_interval_s: float = 2.0
     #: State snapshots per partition are written at least this often (s).
     snapshot_interval_s: float = 5.0
+    #: The same for the catalog stage. Its pending messages are forwarded
+    #: batches (a few per second, held without their payload until acked),
+    #: while its state is large (up to 17 MB per partition at soak rates):
+    #: every 5 s its snapshots held the stage for 0.05-0.17 s each, 400 times
+    #: in 10 minutes, and the batch after each one waited (RELIABILITY.md,
+    #: "Catalog snapshots"). A crash re-reads at most this much of
+    #: ``plays.by_artist``.
+    catalog_snapshot_interval_s: float = Field(30.0, gt=0)
     #: The snapshot interval stretches to this many times the summed cost of
     #: the partitions' last snapshots (20: snapshots take at most ~5% of a
     #: stage's time), never past ``snapshot_max_interval_s``.
@@ -163,10 +171,15 @@ class Settings(BaseSettings):
     # Time (CONVENTIONS.md, "Time")
     allowed_lateness_s: float = 3600.0
     max_clock_skew_s: float = 300.0
-    #: Dedupe memory: event ids kept per time bucket, and buckets kept.
-    dedupe_bucket_s: int = 3600
-    dedupe_buckets: int = 3
-    dedupe_max_ids: int = 2_000_000
+    #: Dedupe memory: event ids kept per time bucket (s of event time), and
+    #: buckets kept (3 h in all), at most ``dedupe_max_ids`` ids per
+    #: partition (oldest buckets dropped first). With live traffic every
+    #: play of a partition falls in the current bucket, so a bucket must
+    #: stay under the cap: 60-s buckets hold 2M ids up to 33k plays/s per
+    #: partition (one-hour buckets could not be trimmed at all).
+    dedupe_bucket_s: int = Field(60, gt=0)
+    dedupe_buckets: int = Field(180, gt=0)
+    dedupe_max_ids: int = Field(2_000_000, gt=0)
 
     # Metrics
     metrics_host: str = "0.0.0.0"

@@ -346,7 +346,8 @@ class StageDriver:
 
     def due_partitions(self) -> list[int]:
         """Partitions with pending acks whose snapshot interval has passed,
-        most overdue first. The interval is ``snapshot_interval_s``, stretched
+        most overdue first. The interval is ``snapshot_interval_s``
+        (``catalog_snapshot_interval_s`` for the catalog stage), stretched
         to ``snapshot_cost_factor`` (20) x the summed cost of the last
         snapshot of every partition (the state capture under the lock; not
         the wait for the broker to store the records, nor the acks, which
@@ -360,8 +361,9 @@ class StageDriver:
 
     def _interval(self) -> float:
         st = self.settings
-        return min(max(st.snapshot_interval_s, st.snapshot_cost_factor * sum(self.snapshot_cost_s.values())),
-                   max(st.snapshot_interval_s, st.snapshot_max_interval_s))
+        base = st.catalog_snapshot_interval_s if self.stage == "catalog" else st.snapshot_interval_s
+        return min(max(base, st.snapshot_cost_factor * sum(self.snapshot_cost_s.values())),
+                   max(base, st.snapshot_max_interval_s))
 
     def _overdue_by(self, p: int, now: float, interval: float) -> float | None:
         """Seconds by which partition ``p``'s snapshot is overdue (pending or
@@ -390,9 +392,16 @@ class StageDriver:
         t0 = time.perf_counter()
         out = rt.process(recs)
         dt = time.perf_counter() - t0
+        n = len(recs)
+        del recs
+        for m in evs:
+            # processed: the message waits for its ack (until the next
+            # snapshot) holding only its offset; a re-read after a crash
+            # comes from the broker, never from here
+            m.key = m.value = m.headers = None
         self.metrics.batch_seconds.labels(stage=self.stage).observe(dt)
-        self.metrics.batch_size.labels(stage=self.stage).observe(len(recs))
-        self.metrics.events_consumed.labels(topic=self.input_topic).inc(len(recs))
+        self.metrics.batch_size.labels(stage=self.stage).observe(n)
+        self.metrics.events_consumed.labels(topic=self.input_topic).inc(n)
         await self._send(out, futs)
         return p, evs, out, dt
 

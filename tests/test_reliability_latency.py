@@ -606,3 +606,66 @@ def test_alert_latency_histogram_resolves_the_one_second_target():
         m2.alert_latency.labels(kind="play_fraud").observe(v)
     text = generate_latest(m2.registry).decode()
     assert soak.histogram_quantile(0.99, soak.histogram(text, "playguard_alert_latency_seconds", kind="play_fraud")) <= 1.0
+
+
+def test_processed_messages_wait_for_their_ack_without_their_payload(tmp_path):
+    """Between processing and the snapshot that acks them, messages hold
+    only their offsets: a pending message kept its whole value (up to
+    hundreds of KB for a forwarded catalog batch) until the next snapshot.
+    A dead letter still carries the original bytes."""
+    from stream.ingest import DeadLetter, DeadLetterReason
+
+    log: list = []
+    d, rts = _driver(tmp_path, log, interval=3600.0, trace=False)
+    sent: list = []
+
+    class _DLQ(_Topic):
+        async def send(self, key=None, value=None, partition=None, timestamp=None, headers=None, force=False):
+            sent.append(value)
+            return await super().send(key=key, value=value)
+
+    d.topics["deadletter"] = _DLQ("deadletter", log)
+
+    async def scenario():
+        await d.handle([])  # nothing: creates no runtime
+        d.runtimes[0] = rts[0] = _Runtime(0, alerts=False)
+        orig = rts[0].process
+
+        def process(recs):
+            out = orig(recs)
+            out.dead = [DeadLetter(recs[1], DeadLetterReason.invalid_json, "not JSON")]
+            return out
+
+        rts[0].process = process
+        evs = _events({0: [0, 1, 2]}, log)
+        for i, e in enumerate(evs):
+            e.value = b"payload-%d" % i
+        await d.handle(evs)
+        await d.drain_sends()
+        return evs
+
+    evs = asyncio.run(scenario())
+    assert [e.offset for e in d.pending[0]] == [0, 1, 2]
+    assert all(e.value is None and e.key is None for e in d.pending[0])
+    assert sent == [b"payload-1"]
+
+
+def test_catalog_stage_snapshots_on_its_own_longer_interval(tmp_path):
+    """The catalog stage's interval is ``catalog_snapshot_interval_s`` (its
+    pending messages are few forwarded batches; its state is large); the
+    account stage keeps ``snapshot_interval_s``."""
+    s = Settings(snapshot_interval_s=5.0, catalog_snapshot_interval_s=30.0)
+    topics = {n: _Topic(n, []) for n in ("alerts", "deadletter", "changelog", "forward")}
+    drivers = {st: StageDriver(st, lambda p: _Runtime(p, False), s, Metrics(), topics, "x")
+               for st in ("account", "catalog")}
+    now = time.monotonic()
+    for d in drivers.values():
+        d.runtimes[0] = _Runtime(0, False)
+        d.pending[0] = [object()]
+        d.last_snapshot[0] = now - 10.0
+    assert drivers["account"].due_partitions() == [0]
+    assert drivers["catalog"].due_partitions() == []
+    drivers["catalog"].last_snapshot[0] = now - 31.0
+    assert drivers["catalog"].due_partitions() == [0]
+    with pytest.raises(ValueError):
+        Settings(catalog_snapshot_interval_s=0)
