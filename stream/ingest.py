@@ -104,7 +104,12 @@ class Dedupe:
     Args:
         bucket_s: bucket width, seconds of event time.
         buckets: buckets kept (the newest ones); older buckets are dropped.
-        max_ids: cap on ids held in total; past it the oldest bucket is dropped.
+        max_ids: cap on ids held in total; past it the oldest bucket is
+            dropped, and a single bucket that alone exceeds it is forgotten
+            (``overflows_`` counts these), so memory never exceeds
+            ``max_ids`` ids. Size the buckets so that one holds fewer than
+            ``max_ids`` ids at the partition's peak rate (the defaults,
+            60 s and 2M ids, allow 33k plays/s per partition).
 
     Memory: 8 bytes of hash per id in a Python set (about 60 B with overhead).
     A 64-bit hash collision would drop one genuine event in about 2^64 / n^2:
@@ -122,6 +127,7 @@ class Dedupe:
         self.max_ids = max_ids
         self.sets_: OrderedDict[int, set[int]] = OrderedDict()
         self.size_ = 0
+        self.overflows_ = 0
 
     def contains(self, event_id: str, ts: float) -> bool:
         """True if ``event_id`` (with event time ``ts``, Unix s) was recorded."""
@@ -163,6 +169,13 @@ class Dedupe:
         while len(self.sets_) > self.buckets or (self.size_ > self.max_ids and len(self.sets_) > 1):
             _, old = self.sets_.popitem(last=False)
             self.size_ -= len(old)
+        if self.size_ > self.max_ids:
+            # one bucket alone holds more than max_ids (live traffic puts
+            # every event of a partition in the current bucket): forget it
+            # rather than grow without bound
+            self.sets_ = OrderedDict([(b, {h})])
+            self.size_ = 1
+            self.overflows_ += 1
 
     def state_dict(self) -> dict:
         """Buckets as uint64 arrays."""

@@ -139,3 +139,25 @@ def test_fast_path_and_pydantic_agree_on_every_time_spelling(ts_text, monkeypatc
     zoned = ts_text.endswith("Z") or ts_text[-6] in "+-"
     if zoned and "T" in ts_text:
         assert calls == [], "an RFC 3339 time with a zone takes the fast path"
+
+
+def test_dedupe_stays_bounded_when_every_event_is_in_one_bucket():
+    """Live traffic puts every play of a partition in the current time
+    bucket, which the oldest-bucket rule cannot trim: the cap still holds
+    (the overflowing bucket is forgotten and counted)."""
+    dd = Dedupe(bucket_s=60, buckets=180, max_ids=100)
+    peak = 0
+    for i in range(1000):
+        assert not dd.seen(f"live{i}", NOW + i * 0.01)  # 10 s of event time, one bucket
+        peak = max(peak, dd.size_)
+    assert peak <= 100 and dd.size_ == sum(len(s) for s in dd.sets_.values())
+    assert dd.overflows_ == 9
+    assert dd.seen("live999", NOW + 9.99), "the newest id is kept after an overflow"
+
+
+def test_default_dedupe_buckets_hold_a_live_partition_at_33k_plays_per_second():
+    from stream.config import Settings
+
+    s = Settings()
+    assert s.dedupe_max_ids / s.dedupe_bucket_s >= 33_000
+    assert s.dedupe_bucket_s * s.dedupe_buckets >= s.allowed_lateness_s
