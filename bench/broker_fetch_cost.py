@@ -58,7 +58,7 @@ async def run(a: argparse.Namespace) -> None:
         pid = b.proc.pid
         admin = AIOKafkaAdminClient(bootstrap_servers=b.bootstrap)
         await admin.start()
-        await admin.create_topics([NewTopic("plays", PARTITIONS, 1)])
+        await admin.create_topics([NewTopic("plays", PARTITIONS, 1), NewTopic("changelog", 1, 1)])
         await admin.close()
         prod = AIOKafkaProducer(bootstrap_servers=b.bootstrap, linger_ms=10, max_batch_size=512 * 1024, acks=1)
         await prod.start()
@@ -76,11 +76,24 @@ async def run(a: argparse.Namespace) -> None:
                 got[0] += sum(len(v) for v in r.values())
 
         tasks = [asyncio.create_task(consume(i)) for i in range(a.consumers)]
+
+        async def write_side() -> None:
+            # unread snapshot-like records (512 KiB each), as the workers'
+            # state snapshots in `changelog`
+            chunk, step = bytes(512 * 1024), 1.0
+            per_step = max(1, round(a.side_mb_s * step * 2))
+            while True:
+                fs = [await prod.send("changelog", chunk) for _ in range(per_step)]
+                await asyncio.gather(*fs)
+                await asyncio.sleep(step)
+
+        if a.side_mb_s > 0:
+            tasks.append(asyncio.create_task(write_side()))
         vals = _plays(5000)
         t0 = time.monotonic()
         sent, cpu_last, t_last, t_next = 0, cpu_s(pid), t0, t0 + 15
         print(f"rate {a.rate}/s, one batch per partition every {a.every} s, {a.consumers} consumer group(s), "
-              f"fetch wait {a.wait} ms")
+              f"fetch wait {a.wait} ms, {a.side_mb_s} MB/s to an unread topic")
         while time.monotonic() - t0 < a.seconds:
             target = int((time.monotonic() - t0) * a.rate)
             by_dest: dict[int, list[bytes]] = {}
@@ -120,8 +133,10 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=float, default=0.05, help="seconds between produce steps")
     ap.add_argument("--wait", type=int, default=50, help="consumer fetch_max_wait_ms")
     ap.add_argument("--consumers", type=int, default=1, help="consumer groups reading the topic")
+    ap.add_argument("--side-mb-s", type=float, default=0.0,
+                    help="MB/s of 512-KiB records written to an unread topic (state snapshots)")
     a = ap.parse_args(argv)
-    if a.rate <= 0 or a.every <= 0 or a.seconds <= 0 or a.consumers < 0 or a.wait < 1:
+    if a.rate <= 0 or a.every <= 0 or a.seconds <= 0 or a.consumers < 0 or a.wait < 1 or a.side_mb_s < 0:
         print("error: --rate, --every, --seconds and --wait must be positive, --consumers >= 0", file=sys.stderr)
         return 2
     asyncio.run(run(a))

@@ -248,10 +248,10 @@ class Producer:
         ValueError: if ``every`` is not positive.
     """
 
-    def __init__(self, s: Settings, batch: PlayBatch, every: float = 0.25):
-        if every <= 0:
-            raise ValueError("every must be positive")
-        self.s, self.batch, self.every = s, batch, every
+    def __init__(self, s: Settings, batch: PlayBatch, every: float = 0.25, batch_bytes: int = 960 * 1024):
+        if every <= 0 or batch_bytes <= 0:
+            raise ValueError("every and batch_bytes must be positive")
+        self.s, self.batch, self.every, self.batch_bytes = s, batch, every, batch_bytes
         self._part: dict[str, int] = {}
         self.sent = 0
         self.limit = 0
@@ -268,7 +268,8 @@ class Producer:
 
     async def _main(self):
         p = AIOKafkaProducer(bootstrap_servers=self.s.bootstrap_servers, linger_ms=10,
-                             max_batch_size=512 * 1024, acks=1, **self.s.kafka_client_kwargs())
+                             max_batch_size=self.batch_bytes, max_request_size=2 * self.batch_bytes + 65536,
+                             acks=1, **self.s.kafka_client_kwargs())
         await p.start()
         try:
             topic = self.s.topics.plays
@@ -474,6 +475,9 @@ def main(argv=None) -> int:
                          "or the backlog drain rate alone")
     ap.add_argument("--probe-s", type=float, default=45.0, help="seconds each sustained-rate probe holds its rate")
     ap.add_argument("--probes", type=int, default=5, help="at most this many sustained-rate probes")
+    ap.add_argument("--produce-batch-kb", type=int, default=960,
+                    help="largest record batch the load generator builds, KiB (one per partition and step "
+                         "while a step's plays fit)")
     ap.add_argument("--produce-every", type=float, default=0.25,
                     help="seconds between the load generator's sends (one record batch per partition each)")
     ap.add_argument("--split-stages", action="store_true",
@@ -504,7 +508,7 @@ def main(argv=None) -> int:
         out["passes"] = passes
         print(f"planned {len(plan):,} plays ({passes} passes of {len(plan.base):,}) in "
               f"{time.monotonic() - t0:.0f} s", flush=True)
-        prod = Producer(s, plan, every=a.produce_every)
+        prod = Producer(s, plan, every=a.produce_every, batch_bytes=a.produce_batch_kb * 1024)
         audit = work / "audit.jsonl"
         workers = []
         for st, tr in zip(procs, traces):
