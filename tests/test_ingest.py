@@ -161,3 +161,21 @@ def test_default_dedupe_buckets_hold_a_live_partition_at_33k_plays_per_second():
     s = Settings()
     assert s.dedupe_max_ids / s.dedupe_bucket_s >= 33_000
     assert s.dedupe_bucket_s * s.dedupe_buckets >= s.allowed_lateness_s
+
+
+def test_dedupe_memory_of_another_hash_is_not_restored():
+    """Snapshots written before the hash was named used BLAKE2b: their ids
+    cannot match the new hash, so the memory is dropped rather than kept
+    as dead weight under the cap."""
+    from detectors.serialize import dumps, loads
+
+    dd = Dedupe()
+    dd.seen("e1", NOW)
+    state = loads(dumps(dd.state_dict()))
+    assert state["hash"] == "xxh3_64"
+    back = Dedupe()
+    back.load_state_dict(state)
+    assert back.contains("e1", NOW)
+    old = {"buckets": state["buckets"]}  # the format before the hash was stored
+    back.load_state_dict(old)
+    assert back.size_ == 0 and not back.contains("e1", NOW)
