@@ -277,6 +277,19 @@ def _consumer_class(thread_cls):
             log.warning("dropped %d records of a fetch that straddled a rebalance", n)
             if self.flow_active:
                 await self.perform_seek()
+                # aiokafka's seek_to_committed leaves a partition with no
+                # committed offset (None or 0) where the fetch left it: past
+                # the dropped records, which were then never read (crash
+                # series, 2026-11-22: 46 offsets of a catalog partition the
+                # surviving worker kept, before its first snapshot). Such a
+                # partition is read again from its start; the records its
+                # state already covers are skipped (``next_offset``).
+                fresh = [tp for tp in records if not self._read_offset.get(tp)]
+                assigned = self.assignment() if fresh else set()
+                for tp in fresh:
+                    if tp in assigned:
+                        log.warning("%s has no committed offset: re-reading it from the start", tp)
+                        await self.seek(tp, 0)
 
         async def _drain_messages(self, fetcher) -> None:
             intakes: dict = getattr(self.app, "intakes", None) or {}
