@@ -80,6 +80,52 @@ def test_group_sizes_do_not_depend_on_the_batch_split_and_reset_each_day():
     assert (d1 == int((T0 + 86400) // 86400)).all()
 
 
+def _ring(starts, n_tracks=3, gap=300.0):
+    """Each account plays the same ``n_tracks`` tracks from its start time."""
+    accs, ts, tracks = [], [], []
+    for i, s0 in enumerate(starts):
+        for j in range(n_tracks):
+            accs.append(f"bot{i}"); ts.append(s0 + gap * j); tracks.append(f"x::{j}")
+    return accs, ts, tracks
+
+
+def _sizes(accs, ts, tracks, step=None):
+    acc, ah, t, th = _plays(accs, ts, tracks)
+    o = np.argsort(t, kind="stable")
+    acc, ah, t, th = acc[o], ah[o], t[o], th[o]
+    g = TrackSetGroups()
+    sig, sday = _fresh(acc.max() + 1)
+    ok = np.ones(len(t), bool)
+    step = step or len(t)
+    size = np.concatenate([g.update(sig, sday, acc[i:i + step], ah[i:i + step], t[i:i + step], th[i:i + step],
+                                    ok[i:i + step])[1] for i in range(0, len(t), step)])
+    return size, np.asarray(accs)[o]
+
+
+def test_a_ring_that_straddles_midnight_is_one_group_counted_once():
+    # six accounts complete the set before midnight, six after: one ring of
+    # 12 (before session 6 the per-day count gave two groups of 6)
+    starts = [T0 + 22 * 3600 + 900 * i for i in range(6)] + [T0 + 86400 + 1800 + 900 * i for i in range(6)]
+    accs, ts, tracks = _ring(starts)
+    size, _ = _sizes(accs, ts, tracks)
+    assert size.max() == 12
+    # the same whatever the batch split (a batch across midnight included)
+    for step in (1, 4, 7):
+        assert np.array_equal(_sizes(accs, ts, tracks, step)[0], size)
+    # the first six keep looping after midnight: they hold the key in both
+    # blocks and still count once
+    again = _ring([T0 + 86400 + 600 + 60 * i for i in range(6)])
+    size2, who = _sizes(accs + again[0], ts + again[1], tracks + again[2])
+    assert size2.max() == 12
+
+
+def test_rings_more_than_a_day_apart_are_not_merged():
+    starts = [T0 + 3600 + 900 * i for i in range(6)] + [T0 + 86400 + 13 * 3600 + 900 * i for i in range(6)]
+    accs, ts, tracks = _ring(starts)
+    size, _ = _sizes(accs, ts, tracks)
+    assert size.max() == 6
+
+
 def test_bad_parameters_and_shapes_raise():
     with pytest.raises(ValueError):
         TrackSetGroups(k=1)
@@ -221,3 +267,29 @@ def test_a_set_that_first_gets_hot_with_too_few_holders_still_alerts_its_real_gr
     assert len(members) >= m.params.set_min
     assert members <= {f"keep{b}" for b in range(10)}
     assert g_day[0].evidence["last_event_ts"] >= day4 + 10 * 3600
+
+
+def test_a_stuffing_ring_across_midnight_is_alerted_as_one_group_naming_both_halves():
+    # six bots loop the stuffed playlist before midnight and stop; six more
+    # start after midnight. Per UTC day (before session 6) each half was a
+    # circle of 6 (no alert before midnight, an alert naming only the later
+    # bots after); over the 12-24-h window it is one ring of 12
+    rng = np.random.default_rng(5)
+    rows = []
+    for a in range(40):
+        ts = np.sort(T0 + rng.uniform(0, 6 * 86400, 300))
+        rows += _rows(f"user{a}", ts, [f"Pop{int(k) % 30}::song {int(k)}" for k in rng.integers(0, 300, len(ts))])
+    playlist = [f"Pop{k}::song {k}" for k in range(6)] + [f"Stuffed::target {k}" for k in range(3)]
+    midnight = T0 + 5 * 86400
+    for b in range(12):
+        start = midnight - 2.5 * 3600 + 600 * b if b < 6 else midnight + 1200 + 600 * (b - 6)
+        ts = start + np.cumsum(rng.uniform(150, 200, len(playlist)))
+        rows += _rows(f"bot{b}", ts, playlist)
+    rows.sort(key=lambda r: r["ts"])
+    m = CatalogFraudModel(Settings())
+    alerts = _run(m, rows, size=100)
+    sets = [a for a in alerts if a.detector == "shared_track_set"]
+    assert len(sets) == 1
+    assert sets[0].evidence["last_event_ts"] >= midnight
+    assert {f"bot{b}" for b in range(6)} <= set(sets[0].evidence["members"])
+    assert set(sets[0].evidence["members"]) <= {f"bot{b}" for b in range(12)}

@@ -40,7 +40,7 @@ from stream.fraud.evidence import binom_llr, poisson_llr
 from stream.fraud.features_account import FEATURE_NAMES, AccountFeatures
 from stream.fraud.features_catalog import CatalogFeatures
 from stream.fraud.slots import scatter_max
-from stream.fraud.trackset import set_keys
+from stream.fraud.trackset import BLOCK_S, set_keys
 from stream.schemas import Alert, AlertKind, Severity, group_entity_id, window_alert_id, window_bounds
 
 #: Alert window of the play-fraud detectors (s): one UTC day.
@@ -582,11 +582,13 @@ class CatalogFraudModel:
 
     def _set_alerts(self, batch, u, rts, thr) -> list[Alert]:
         """Shared new-track sets: one ``group`` alert per set key and window
-        when a play's shared-set evidence alone reaches ``thr``. Members are
-        the accounts holding that set today (their bottom-k sketches, one
-        vectorised pass over the account table); the alert is stamped at the
-        batch's newest play of the set, so members that joined within the
-        batch are behind it.
+        when a play's shared-set evidence alone reaches ``thr`` and the set has
+        ``set_min``+ holders (the alert slot is taken only then, session 6).
+        Members are the accounts holding that set today, or as yesterday's
+        set when they were active in the group count's 12-24-h window (their
+        bottom-k sketches, one vectorised pass over the account table); the
+        alert is stamped at the batch's newest play of the set, so members
+        that joined within the batch are behind it.
 
         Every holder keeps the group's evidence, and keeps it as the group
         grows: when a later play's set evidence exceeds what the key's holders
@@ -618,7 +620,13 @@ class CatalogFraudModel:
                 continue
             if all_keys is None:
                 all_keys = set_keys(c["ts_sig"], F.trackset.min_distinct)
-            rows = np.flatnonzero((all_keys == np.uint64(key)) & (c["ts_day"] == day) & F.accounts.live_)
+            # holders: today's sketch, or yesterday's for accounts active
+            # within the group count's window (the current and previous 12-h
+            # block): a ring that straddles midnight is one group (session 6)
+            since = (np.floor(t / BLOCK_S) - 1) * BLOCK_S
+            today = c["ts_day"] == day
+            recent = (c["ts_day"] == day - 1) & (F.accounts.last_seen_ >= since)
+            rows = np.flatnonzero((all_keys == np.uint64(key)) & (today | recent) & F.accounts.live_)
             # the day count includes accounts that have left the key (a later
             # new track changes their sketch): with fewer than ``set_min``
             # holders now there is no group to alert, and the day's alert slot

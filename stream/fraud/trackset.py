@@ -14,11 +14,20 @@ containment of documents"; the bottom-k variant of Cohen & Kaplan 2007): the
 most ``k`` tracks have the same sketch exactly when the sets are equal; larger
 sets share a sketch with probability growing with their Jaccard similarity.
 The whole sketch is one LSH band (Indyk & Motwani 1998): its hash is the
-account's *set key*. Distinct accounts per (set key, day) are counted in a
-rotating count-min sketch with an (account, key) admission sketch, as the
-lockstep cells of :mod:`stream.fraud.features_catalog`, causally: a play sees
-the accounts that reached its key before it (earlier batches and earlier
-plays of its own batch), never later ones.
+account's *set key*. Distinct accounts per set key over the last 12-24 h
+(the current and the previous 12-h block, ``BLOCK_S``) are counted in
+rotating count-min sketches with an (account, key, block) admission sketch,
+as the lockstep cells of :mod:`stream.fraud.features_catalog`, causally: a
+play sees the accounts that reached its key before it (earlier batches and
+earlier plays of its own batch), never later ones. An account holding the
+key in both blocks counts once (inclusion-exclusion: a third sketch counts
+the accounts that arrived in a block already holding the key in the previous
+one). Before session 6 the count was per UTC day, so a ring whose run
+straddled midnight was split into two smaller groups (the same defect the
+account stage's identity counts had until session 5).
+
+Sketches still restart at 00:00 UTC (an account's *set of the day*): a bot
+that keeps looping its playlist holds the same key again within one loop.
 
 Memory: ``k`` uint64 + one int32 day per account (36 B at ``k = 4``) and two
 fixed-size count-min pairs; no per-event Python state (one compiled pass over
@@ -34,6 +43,8 @@ from stream.fraud.sketches import RotatingCountMin, _mix64_one, combine
 from stream.fraud.slots import group_index
 
 DAY = 86400.0
+#: block of the group counts; a count covers the current and previous block
+BLOCK_S = 43200.0
 
 
 @nb.njit
@@ -120,7 +131,8 @@ def _arrivals_before(cells: np.ndarray, ts: np.ndarray, arrivals: np.ndarray) ->
 
 
 class TrackSetGroups:
-    """Distinct accounts per (new-track set, day) (see module docstring).
+    """Distinct accounts per new-track set over the last 12-24 h (see module
+    docstring).
 
     Args:
         k: tracks per bottom-k sketch (sets of up to ``k`` tracks compare
@@ -140,8 +152,13 @@ class TrackSetGroups:
             raise ValueError(f"min_distinct must be in [1, {k}], got {min_distinct}")
         self.k = k
         self.min_distinct = min_distinct
-        self.count = RotatingCountMin(width, 2, k=2)
-        self.admit = RotatingCountMin(width * 2, 2, k=2)
+        self.width = width
+        # three blocks kept so a batch that straddles a block boundary still
+        # sees the block before its older plays' block
+        self.count = RotatingCountMin(width, 2, k=3)
+        self.admit = RotatingCountMin(width * 2, 2, k=3)
+        # arrivals in a block of accounts that held the key in the block before
+        self.both = RotatingCountMin(width, 2, k=2)
 
     def update(self, sig: np.ndarray, sday: np.ndarray, acc: np.ndarray, acc_hash: np.ndarray, ts: np.ndarray,
                track_hash: np.ndarray, counted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,8 +174,9 @@ class TrackSetGroups:
 
         Returns:
             ``(keys, size)``: uint64 (n,) set key after each play (0: none) and
-            int64 (n,) distinct accounts holding that key today up to the play
-            (itself included; 0 where the key is 0 or the play is not counted).
+            int64 (n,) distinct accounts that held that key in the play's
+            12-h block or the previous one, up to the play (itself included;
+            0 where the key is 0 or the play is not counted).
 
         Raises:
             ValueError: if ``sig`` has not ``k`` columns.
@@ -178,26 +196,43 @@ class TrackSetGroups:
         if len(sel) == 0:
             return keys, size
         sel = sel[np.argsort(ts[sel], kind="stable")]  # arrivals: each pair's earliest play
-        cell = combine(keys[sel], day[sel].astype(np.uint64))
-        d = day[sel]
-        pair = combine(cell, np.asarray(acc_hash, np.uint64)[sel])
-        seen = self.admit.query(pair, d)
-        self.admit.add(pair, d)
+        b = (ts[sel] // BLOCK_S).astype(np.int64)
+        ks = keys[sel]
+        ahs = np.asarray(acc_hash, np.uint64)[sel]
+        cell = combine(ks, b.astype(np.uint64))
+        pcell = combine(ks, (b - 1).astype(np.uint64))
+        pair = combine(cell, ahs)
+        seen = self.admit.query(pair, b)
+        self.admit.add(pair, b)
         first = group_index(pair)[0]
         new = first[seen[first] == 0]
-        size[sel] = self.count.query(cell, d) + _arrivals_before(cell, ts[sel], new)
-        self.count.add(cell[new], d[new])
+        # held the key in the previous block (also earlier in this batch):
+        # already counted there
+        held = self.admit.query(combine(pcell[new], ahs[new]), b[new] - 1) > 0
+        now = self.count.query(cell, b) - self.both.query(cell, b)
+        self.count.add(cell[new], b[new])
+        self.both.add(cell[new[held]], b[new[held]])
+        # the previous block, with this batch's arrivals in it (all earlier)
+        prev = self.count.query(pcell, b - 1)
+        size[sel] = np.maximum(now, 0) + _arrivals_before(cell, ts[sel], new[~held]) + prev
         return keys, size
 
     def nbytes(self) -> int:
         """Bytes of the two count-min pairs."""
-        return sum(b.nbytes() for r in (self.count, self.admit) for b in r.banks)
+        return sum(b.nbytes() for r in (self.count, self.admit, self.both) for b in r.banks)
 
     def state_dict(self) -> dict:
         """Snapshot (msgpack-able)."""
-        return {"count": self.count.state_dict(), "admit": self.admit.state_dict()}
+        return {"count": self.count.state_dict(), "admit": self.admit.state_dict(),
+                "both": self.both.state_dict(), "block_s": BLOCK_S}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict`. A snapshot from before session 6
+        (per-day counts, no ``block_s``) holds counts of other periods and
+        keys: the groups restart empty."""
+        if state.get("block_s") != BLOCK_S:
+            self.__init__(self.k, self.min_distinct, self.width)
+            return
         self.count.load_state_dict(state["count"])
         self.admit.load_state_dict(state["admit"])
+        self.both.load_state_dict(state["both"])
