@@ -1,7 +1,7 @@
 """The embedded broker's CPU under a steady produce + fetch load (not a test).
 
 Starts a fresh embedded broker (Tansu, :class:`stream.broker.EmbeddedBroker`),
-creates an 8-partition topic, and produces ~300-byte JSON plays at ``--rate``
+creates a ``--partitions``-partition topic (8), and produces ~300-byte JSON plays at ``--rate``
 plays/s with aiokafka, one record batch per partition every ``--every``
 seconds, while ``--consumers`` consumer groups read the topic with a fetch
 wait of ``--wait`` ms. Every 15 s it prints the broker's CPU (share of one
@@ -39,7 +39,6 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from soak import cpu_s, rss_mb  # noqa: E402  (the soak's /proc readers)
 from stream.broker import EmbeddedBroker  # noqa: E402
 
-PARTITIONS = 8
 
 
 def _plays(n: int) -> list[bytes]:
@@ -58,9 +57,10 @@ async def run(a: argparse.Namespace) -> None:
         pid = b.proc.pid
         admin = AIOKafkaAdminClient(bootstrap_servers=b.bootstrap)
         await admin.start()
-        await admin.create_topics([NewTopic("plays", PARTITIONS, 1), NewTopic("changelog", 1, 1)])
+        await admin.create_topics([NewTopic("plays", a.partitions, 1), NewTopic("changelog", 1, 1)])
         await admin.close()
-        prod = AIOKafkaProducer(bootstrap_servers=b.bootstrap, linger_ms=10, max_batch_size=512 * 1024, acks=1)
+        prod = AIOKafkaProducer(bootstrap_servers=b.bootstrap, linger_ms=10, max_batch_size=960 * 1024,
+                                max_request_size=2 * 1024 * 1024, acks=1)
         await prod.start()
         got = [0]
         consumers: list[AIOKafkaConsumer] = []
@@ -98,7 +98,7 @@ async def run(a: argparse.Namespace) -> None:
             target = int((time.monotonic() - t0) * a.rate)
             by_dest: dict[int, list[bytes]] = {}
             for i in range(sent, target):
-                by_dest.setdefault(i % PARTITIONS, []).append(vals[i % len(vals)])
+                by_dest.setdefault(i % a.partitions, []).append(vals[i % len(vals)])
             futs = []
             for dest, recs in by_dest.items():
                 batch = prod.create_batch()
@@ -133,10 +133,12 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=float, default=0.05, help="seconds between produce steps")
     ap.add_argument("--wait", type=int, default=50, help="consumer fetch_max_wait_ms")
     ap.add_argument("--consumers", type=int, default=1, help="consumer groups reading the topic")
+    ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--side-mb-s", type=float, default=0.0,
                     help="MB/s of 512-KiB records written to an unread topic (state snapshots)")
     a = ap.parse_args(argv)
-    if a.rate <= 0 or a.every <= 0 or a.seconds <= 0 or a.consumers < 0 or a.wait < 1 or a.side_mb_s < 0:
+    if (a.rate <= 0 or a.every <= 0 or a.seconds <= 0 or a.consumers < 0 or a.wait < 1 or a.side_mb_s < 0
+            or a.partitions < 1):
         print("error: --rate, --every, --seconds and --wait must be positive, --consumers >= 0", file=sys.stderr)
         return 2
     asyncio.run(run(a))

@@ -243,15 +243,21 @@ class Producer:
     with the batches stored in a partition (RELIABILITY.md, "The embedded
     broker's fetch cost"), so 50 ms steps (20 batches/s per partition) made
     its CPU grow 3x faster than 250 ms steps in the same 2 minutes.
+    ``batch_bytes`` caps a record batch (960 KiB, under the workers' 1-MiB
+    fetch size): with 512 KiB, a 250-ms step at 36k plays/s (~520 KB per
+    partition) wrote two batches per partition. ``nice`` (> 0) lowers the
+    priority of the sending thread, which stands for clients on other
+    machines.
 
     Raises:
-        ValueError: if ``every`` is not positive.
+        ValueError: if ``every`` or ``batch_bytes`` is not positive.
     """
 
-    def __init__(self, s: Settings, batch: PlayBatch, every: float = 0.25, batch_bytes: int = 960 * 1024):
+    def __init__(self, s: Settings, batch: PlayBatch, every: float = 0.25, batch_bytes: int = 960 * 1024,
+                 nice: int = 0):
         if every <= 0 or batch_bytes <= 0:
             raise ValueError("every and batch_bytes must be positive")
-        self.s, self.batch, self.every, self.batch_bytes = s, batch, every, batch_bytes
+        self.s, self.batch, self.every, self.batch_bytes, self.nice = s, batch, every, batch_bytes, nice
         self._part: dict[str, int] = {}
         self.sent = 0
         self.limit = 0
@@ -262,6 +268,9 @@ class Producer:
 
     def _run(self):
         try:
+            if self.nice:
+                # this thread only (Linux: a thread is a task with its own nice value)
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
             asyncio.run(self._main())
         except BaseException as exc:  # noqa: BLE001 - reported by the caller
             self.error = exc
@@ -478,6 +487,8 @@ def main(argv=None) -> int:
     ap.add_argument("--produce-batch-kb", type=int, default=960,
                     help="largest record batch the load generator builds, KiB (one per partition and step "
                          "while a step's plays fit)")
+    ap.add_argument("--producer-nice", type=int, default=0,
+                    help="nice value of the load generator's thread (it stands for clients on other machines)")
     ap.add_argument("--produce-every", type=float, default=0.25,
                     help="seconds between the load generator's sends (one record batch per partition each)")
     ap.add_argument("--split-stages", action="store_true",
@@ -508,7 +519,8 @@ def main(argv=None) -> int:
         out["passes"] = passes
         print(f"planned {len(plan):,} plays ({passes} passes of {len(plan.base):,}) in "
               f"{time.monotonic() - t0:.0f} s", flush=True)
-        prod = Producer(s, plan, every=a.produce_every, batch_bytes=a.produce_batch_kb * 1024)
+        prod = Producer(s, plan, every=a.produce_every, batch_bytes=a.produce_batch_kb * 1024,
+                        nice=a.producer_nice)
         audit = work / "audit.jsonl"
         workers = []
         for st, tr in zip(procs, traces):
