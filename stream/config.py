@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     #: while its state is large (up to 17 MB per partition at soak rates):
     #: every 5 s its snapshots held the stage for 0.05-0.17 s each, 400 times
     #: in 10 minutes, and the batch after each one waited (RELIABILITY.md,
-    #: "Catalog snapshots"). A crash re-reads at most this much of
+    #: "Fewer broker batches ..."). A crash re-reads at most this much of
     #: ``plays.by_artist``.
     catalog_snapshot_interval_s: float = Field(30.0, gt=0)
     #: The snapshot interval stretches to this many times the summed cost of
