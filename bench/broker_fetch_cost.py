@@ -68,12 +68,16 @@ async def run(a: argparse.Namespace) -> None:
         async def consume(i: int) -> None:
             c = AIOKafkaConsumer("plays", bootstrap_servers=b.bootstrap, group_id=f"g{i}", fetch_max_wait_ms=a.wait,
                                  auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000,
-                                 rebalance_timeout_ms=10000)
+                                 rebalance_timeout_ms=10000, enable_auto_commit=a.commit_every <= 0)
             await c.start()
             consumers.append(c)
+            t_commit = time.monotonic()
             while True:
                 r = await c.getmany(timeout_ms=200, max_records=20000)
                 got[0] += sum(len(v) for v in r.values())
+                if a.commit_every > 0 and time.monotonic() - t_commit >= a.commit_every:
+                    await c.commit()  # as a Faust worker does every commit_interval_s
+                    t_commit = time.monotonic()
 
         tasks = [asyncio.create_task(consume(i)) for i in range(a.consumers)]
 
@@ -134,6 +138,8 @@ def main(argv=None) -> int:
     ap.add_argument("--wait", type=int, default=50, help="consumer fetch_max_wait_ms")
     ap.add_argument("--consumers", type=int, default=1, help="consumer groups reading the topic")
     ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--commit-every", type=float, default=0.0,
+                    help="seconds between each consumer's offset commits (0: aiokafka's auto-commit, 5 s)")
     ap.add_argument("--side-mb-s", type=float, default=0.0,
                     help="MB/s of 512-KiB records written to an unread topic (state snapshots)")
     a = ap.parse_args(argv)
