@@ -1,11 +1,14 @@
 """The embedded broker's CPU under a steady produce + fetch load (not a test).
 
 Starts a fresh embedded broker (Tansu, :class:`stream.broker.EmbeddedBroker`),
-creates a ``--partitions``-partition topic (8), and produces ~300-byte JSON plays at ``--rate``
-plays/s with aiokafka, one record batch per partition every ``--every``
-seconds, while ``--consumers`` consumer groups read the topic with a fetch
-wait of ``--wait`` ms. Every 15 s it prints the broker's CPU (share of one
-core, from ``/proc/<pid>/stat``) and RSS.
+creates a ``--partitions``-partition topic (8), and produces ~300-byte JSON
+plays at ``--rate`` plays/s with aiokafka, one record batch per partition
+every ``--every`` seconds, while ``--consumers`` consumer groups read the
+topic with a fetch wait of ``--wait`` ms (committing every
+``--commit-every`` s, or aiokafka's 5-s auto-commit), and optionally
+``--side-mb-s`` MB/s of 512-KiB records go to a topic no one reads. Every
+15 s it prints the broker's CPU (share of one core, from
+``/proc/<pid>/stat``) and RSS.
 
 It isolates what made the broker's CPU grow during soaks (RELIABILITY.md,
 "The embedded broker's fetch cost"): each fetch costs in proportion to the
@@ -17,6 +20,8 @@ Usage::
     .venv/bin/python bench/broker_fetch_cost.py --rate 20000 --seconds 105 --every 0.05
     .venv/bin/python bench/broker_fetch_cost.py --rate 20000 --seconds 105 --every 0.25
     .venv/bin/python bench/broker_fetch_cost.py --consumers 0      # produce only
+    .venv/bin/python bench/broker_fetch_cost.py --rate 30000 --every 0.25 --partitions 4 --seconds 240 \
+        --consumers 2 --commit-every 0.1
 """
 
 from __future__ import annotations
