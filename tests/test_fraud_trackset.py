@@ -143,15 +143,22 @@ def _rows(acc, ts, tracks, ms=200_000):
             for i, (t, tr) in enumerate(zip(ts, tracks))]
 
 
+def _background(rng, days):
+    """Benign rows: 40 users with 300 plays each of 300 popular tracks,
+    spread uniformly over ``days`` days from T0."""
+    rows = []
+    for a in range(40):
+        ts = np.sort(T0 + rng.uniform(0, days * 86400, 300))
+        rows += _rows(f"user{a}", ts, [f"Pop{int(k) % 30}::song {int(k)}" for k in rng.integers(0, 300, len(ts))])
+    return rows
+
+
 def _stream(n_bots, seed=0):
     """4 quiet days of benign listening, then on day 4 ``n_bots`` light
     accounts each loop a popular playlist holding 3 brand-new targets twice
     (each target 2 plays per bot, starts spread over 3 h)."""
     rng = np.random.default_rng(seed)
-    rows = []
-    for a in range(40):
-        ts = np.sort(T0 + rng.uniform(0, 5 * 86400, 300))
-        rows += _rows(f"user{a}", ts, [f"Pop{int(k) % 30}::song {int(k)}" for k in rng.integers(0, 300, len(ts))])
+    rows = _background(rng, days=5)
     playlist = [f"Pop{k}::song {k}" for k in range(20)] + [f"Stuffed::target {k}" for k in range(3)]
     for b in range(n_bots):
         start = T0 + 4 * 86400 + 6 * 3600 + rng.uniform(0, 3 * 3600)
@@ -238,10 +245,7 @@ def test_a_set_that_first_gets_hot_with_too_few_holders_still_alerts_its_real_gr
     # keep the set. The day's one alert for the key must go to wave 2's group,
     # not be used up by wave 1's hot play with fewer than ``set_min`` holders.
     rng = np.random.default_rng(3)
-    rows = []
-    for a in range(40):
-        ts = np.sort(T0 + rng.uniform(0, 5 * 86400, 300))
-        rows += _rows(f"user{a}", ts, [f"Pop{int(k) % 30}::song {int(k)}" for k in rng.integers(0, 300, len(ts))])
+    rows = _background(rng, days=5)
     targets = [f"Stuffed::target {k}" for k in range(3)]
     day4 = T0 + 4 * 86400
     for b in range(9):
@@ -275,10 +279,7 @@ def test_a_stuffing_ring_across_midnight_is_alerted_as_one_group_naming_both_hal
     # circle of 6 (no alert before midnight, an alert naming only the later
     # bots after); over the 12-24-h window it is one ring of 12
     rng = np.random.default_rng(5)
-    rows = []
-    for a in range(40):
-        ts = np.sort(T0 + rng.uniform(0, 6 * 86400, 300))
-        rows += _rows(f"user{a}", ts, [f"Pop{int(k) % 30}::song {int(k)}" for k in rng.integers(0, 300, len(ts))])
+    rows = _background(rng, days=6)
     playlist = [f"Pop{k}::song {k}" for k in range(6)] + [f"Stuffed::target {k}" for k in range(3)]
     midnight = T0 + 5 * 86400
     for b in range(12):
