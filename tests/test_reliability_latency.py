@@ -381,14 +381,14 @@ def test_worker_gc_thresholds_are_applied_and_checked():
         gc.set_threshold(*before)
 
 
-def test_drain_loop_drops_a_fetch_that_straddled_a_rebalance_and_seeks_back():
-    """Records fetched before a rebalance but returned after it must not reach
-    a stage: Faust's own loop reads the generation after the fetch, so such
-    records (read ahead of the committed offset) registered the offsets
-    between the committed one and themselves as a gap, and the re-fetch from
-    the committed offset was then discarded as old (the crash test's 161
-    unprocessed offsets). Here they are dropped, the consumer seeks back to
-    the committed offsets, and the re-fetched records all reach the intake."""
+def _drain_after_rebalance(first: dict, refetch: dict):
+    """A worker's consumer whose drain loop sees two fetches of ``plays``
+    (each ``{partition: (first offset, count)}``): ``first``, returned after
+    a rebalance completed while it was in flight (its records were read
+    ahead, before the new owner's seek), then ``refetch``, after which the
+    loop stops. Returns ``(consumer, tps, calls, drain)``: the partitions'
+    ``TP``s, the fetch count, and ``drain()``, which runs the loop and
+    returns what reached the ``plays`` intake."""
     from types import SimpleNamespace
 
     from faust.types import TP
@@ -398,42 +398,57 @@ def test_drain_loop_drops_a_fetch_that_straddled_a_rebalance_and_seeks_back():
     s = Settings(bootstrap_servers="127.0.0.1:1")
     app = create_app(s, Metrics(), models="rules", audio=False)
     consumer = app.consumer
-    tp = TP(s.topics.plays, 0)
-    committed = 50
-    consumer._read_offset[tp] = committed
+    tps = {p: TP(s.topics.plays, p) for p in {**first, **refetch}}
     app.consumer_generation_id = 1
-    calls = {"fetch": 0, "seek": 0}
+    calls = {"fetch": 0}
     fetcher = SimpleNamespace(_stopped=asyncio.Event())
 
-    def recs(first, n):
-        return [SimpleNamespace(offset=o) for o in range(first, first + n)]
+    def records(fetch: dict):
+        out = {tps[p]: [SimpleNamespace(offset=o) for o in range(lo, lo + n)] for p, (lo, n) in fetch.items()}
+        return out, set(out)
 
     async def wait_next_records(timeout):
         calls["fetch"] += 1
         if calls["fetch"] == 1:
-            # a rebalance completes while this fetch is in flight; the
-            # records were read ahead, before the new owner's seek
             app.consumer_generation_id = 2
-            return {tp: recs(100, 5)}, {tp}
+            return records(first)
         fetcher._stopped.set()
-        return {tp: recs(committed, 5)}, {tp}
+        return records(refetch)
+
+    consumer._wait_next_records = wait_next_records
+    consumer._to_message = lambda tp_, rec: SimpleNamespace(tp=tp_, offset=rec.offset,
+                                                            generation_id=app.consumer_generation_id)
+
+    def drain() -> list:
+        async def run():
+            await consumer._drain_messages(fetcher)
+            return await app.intakes[s.topics.plays].take(max_records=100, within_s=0.0)
+
+        return asyncio.run(run())
+
+    return consumer, tps, calls, drain
+
+
+def test_drain_loop_drops_a_fetch_that_straddled_a_rebalance_and_seeks_back():
+    """Records fetched before a rebalance but returned after it must not reach
+    a stage: Faust's own loop reads the generation after the fetch, so such
+    records (read ahead of the committed offset) registered the offsets
+    between the committed one and themselves as a gap, and the re-fetch from
+    the committed offset was then discarded as old (the crash test's 161
+    unprocessed offsets). Here they are dropped, the consumer seeks back to
+    the committed offsets, and the re-fetched records all reach the intake."""
+    committed = 50
+    consumer, tps, calls, drain = _drain_after_rebalance({0: (100, 5)}, {0: (committed, 5)})
+    tp = tps[0]
+    consumer._read_offset[tp] = committed
+    calls["seek"] = 0
 
     async def perform_seek():
         calls["seek"] += 1
         consumer._read_offset[tp] = committed
 
-    def to_message(tp_, rec):
-        return SimpleNamespace(tp=tp_, offset=rec.offset, generation_id=app.consumer_generation_id)
-
-    consumer._wait_next_records = wait_next_records
     consumer.perform_seek = perform_seek
-    consumer._to_message = to_message
-
-    async def run():
-        await consumer._drain_messages(fetcher)
-        return await app.intakes[s.topics.plays].take(max_records=100, within_s=0.0)
-
-    got = asyncio.run(run())
+    got = drain()
     assert [m.offset for m in got] == list(range(committed, committed + 5))
     assert not consumer._gap.get(tp), "no offsets may be registered as a gap"
     assert calls == {"fetch": 2, "seek": 1}
@@ -677,31 +692,9 @@ def test_a_dropped_fetch_of_a_never_committed_partition_is_read_again_from_the_s
     dropped, such a partition must be sought back to its start: otherwise
     the dropped records are never read (46 offsets lost in a crash run when
     the catalog stage had not yet snapshotted a partition it kept)."""
-    from types import SimpleNamespace
-
-    from faust.types import TP
-
-    from stream.app import create_app
-
-    s = Settings(bootstrap_servers="127.0.0.1:1")
-    app = create_app(s, Metrics(), models="rules", audio=False)
-    consumer = app.consumer
-    tp, other = TP(s.topics.plays, 0), TP(s.topics.plays, 1)
-    app.consumer_generation_id = 1
+    consumer, tps, calls, drain = _drain_after_rebalance({0: (185, 46), 1: (70, 3)}, {0: (0, 5)})
+    tp, other = tps[0], tps[1]
     seeks: list = []
-    fetcher = SimpleNamespace(_stopped=asyncio.Event())
-    calls = {"fetch": 0}
-
-    def recs(first, n):
-        return [SimpleNamespace(offset=o) for o in range(first, first + n)]
-
-    async def wait_next_records(timeout):
-        calls["fetch"] += 1
-        if calls["fetch"] == 1:
-            app.consumer_generation_id = 2
-            return {tp: recs(185, 46), other: recs(70, 3)}, {tp, other}
-        fetcher._stopped.set()
-        return {tp: recs(0, 5)}, {tp}
 
     async def perform_seek():  # Faust's: read offsets from the committed ones
         consumer._read_offset[tp] = None  # never committed
@@ -711,17 +704,9 @@ def test_a_dropped_fetch_of_a_never_committed_partition_is_read_again_from_the_s
         seeks.append((tp_, offset))
         consumer._read_offset[tp_] = offset or None
 
-    consumer._wait_next_records = wait_next_records
     consumer.perform_seek = perform_seek
     consumer.seek = seek
     consumer.assignment = lambda: {tp, other}
-    consumer._to_message = lambda tp_, rec: SimpleNamespace(tp=tp_, offset=rec.offset,
-                                                            generation_id=app.consumer_generation_id)
-
-    async def run():
-        await consumer._drain_messages(fetcher)
-        return await app.intakes[s.topics.plays].take(max_records=100, within_s=0.0)
-
-    got = asyncio.run(run())
+    got = drain()
     assert seeks == [(tp, 0)], "only the never-committed partition is sought to its start"
     assert [m.offset for m in got] == list(range(5))
