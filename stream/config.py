@@ -161,12 +161,13 @@ class Settings(BaseSettings):
     #: within ``batch_within_s``.
     batch_max_records: int = Field(8000, ge=1)
     batch_within_s: float = 0.05
-    #: Records of ``plays.by_artist`` per catalog-stage micro-batch. Each is a
-    #: forwarded batch of up to ``batch_max_records`` plays split over the
-    #: partitions; 2,000 of them made catalog batches of ~14k plays (0.1-0.5
-    #: s of one event loop) at 20k plays/s; 16 keep one step under ~0.1 s
-    #: (RELIABILITY.md, "Soak").
-    catalog_batch_max_records: int = Field(16, ge=1)
+    #: Records of ``plays.by_artist`` per catalog-stage micro-batch. Each
+    #: holds the plays one account-stage micro-batch sends to the partition
+    #: (about ``batch_max_records`` / ``partitions``: 2,000 at the defaults);
+    #: 2,000 records made catalog batches of ~14k plays (0.1-0.5 s of one
+    #: event loop) at 20k plays/s (RELIABILITY.md, "Soak"); 4 keep a step
+    #: at ~8k plays, as 16 did when each input partition sent its own record.
+    catalog_batch_max_records: int = Field(4, ge=1)
 
     # Time (CONVENTIONS.md, "Time")
     allowed_lateness_s: float = 3600.0

@@ -60,7 +60,7 @@ from aiokafka.structs import TopicPartition
 from stream.config import Settings
 from stream.ingest import Record
 from stream.metrics import Metrics
-from stream.runtime import PartitionRuntime, StageOutput
+from stream.runtime import PartitionRuntime, StageOutput, encode_forwards
 from stream.snapshots import SnapshotAssembler, encode_snapshot
 
 log = logging.getLogger("playguard.driver")
@@ -293,6 +293,7 @@ class StageDriver:
                 if r is not None:
                     done.append(r)
                     process_s += r[3]
+            await self._send_forwards([d[2] for d in done], futs)
             t_sent = time.time()
             task = asyncio.get_running_loop().create_task(
                 self._finish_batch(futs, done, events, by_part, t_entry, t_locked, t_sent, process_s))
@@ -429,8 +430,9 @@ class StageDriver:
             self.pending[p].extend(evs)
 
     async def _send(self, out: StageOutput, futs: list) -> None:
-        """Send dead letters, alerts (first) and forwards; append the delivery
-        futures to ``futs`` without awaiting them."""
+        """Send alerts (first) and dead letters; append the delivery futures
+        to ``futs`` without awaiting them. Forwards wait for the whole
+        micro-batch (:meth:`_send_forwards`)."""
         m = self.metrics
         for a in out.alerts:
             futs.append(await self.topics["alerts"].send(
@@ -441,7 +443,12 @@ class StageDriver:
             m.deadletter.labels(topic=d.record.topic, reason=d.reason.value).inc()
         if out.duplicates:
             m.duplicates_dropped.labels(topic=self.input_topic).inc(out.duplicates)
-        for dest, (value, rts) in out.forwards.items():
+
+    async def _send_forwards(self, outs: list[StageOutput], futs: list) -> None:
+        """Send the micro-batch's forwards, one record per ``plays.by_artist``
+        partition (:func:`stream.runtime.encode_forwards`); append the
+        delivery futures to ``futs``."""
+        for dest, (value, rts) in encode_forwards(outs).items():
             futs.append(await self.topics["forward"].send(
                 value=value, partition=dest, timestamp=rts, force=True))
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 from kafka.partitioner.default import murmur2
@@ -41,8 +41,10 @@ class StageOutput:
     Attributes:
         alerts: alerts to produce on ``alerts``.
         dead: records to dead-letter.
-        forwards: destination partition -> (msgpack batch, newest record ts in
-            Unix s), for ``plays.by_artist`` (account stage only).
+        forwards: destination partition -> the plays of this batch that go
+            to it on ``plays.by_artist`` (account stage only; encoded by
+            :func:`encode_forwards`, which merges the partitions of one
+            micro-batch).
         duplicates: repeated ``event_id``s dropped.
         valid: plays that reached the model.
         skipped: records already covered by the restored state.
@@ -51,11 +53,39 @@ class StageOutput:
 
     alerts: list[Alert] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
-    forwards: dict[int, tuple[bytes, float]] = field(default_factory=dict)
+    forwards: dict[int, PlayBatch] = field(default_factory=dict)
     duplicates: int = 0
     valid: int = 0
     skipped: int = 0
     batch_record_ts: float | None = None
+
+
+def encode_forwards(outs: Iterable[StageOutput]) -> dict[int, tuple[bytes, float]]:
+    """One ``plays.by_artist`` record per destination partition for the
+    outputs of one micro-batch (its input partitions, in order).
+
+    The embedded broker's fetch cost grows with the record batches a
+    partition holds (RELIABILITY.md, "Forwards merged per micro-batch"):
+    one record per destination and micro-batch, not per destination and
+    input partition, stores up to ``partitions`` times fewer.
+
+    Args:
+        outs: account-stage outputs; their ``forwards`` are concatenated
+            per destination in the order given.
+
+    Returns:
+        destination partition -> (msgpack batch, :meth:`PlayBatch.to_bytes`;
+        newest ``record_ts`` of its plays, Unix s, the record's timestamp).
+    """
+    by_dest: dict[int, list[PlayBatch]] = {}
+    for out in outs:
+        for dest, sub in out.forwards.items():
+            by_dest.setdefault(dest, []).append(sub)
+    merged = {}
+    for dest, subs in sorted(by_dest.items()):
+        b = subs[0] if len(subs) == 1 else PlayBatch.concat(subs)
+        merged[dest] = (b.to_bytes(), float(b.record_ts.max()))
+    return merged
 
 
 class PartitionRuntime:
@@ -104,7 +134,7 @@ class PartitionRuntime:
             out.forwards = self._split_forward(batch)
         return out
 
-    def _split_forward(self, batch: PlayBatch) -> dict[int, tuple[bytes, float]]:
+    def _split_forward(self, batch: PlayBatch) -> dict[int, PlayBatch]:
         cache = self._artist_part
         n = self.forward_partitions
         dest = np.fromiter(
@@ -117,8 +147,7 @@ class PartitionRuntime:
         out = {}
         parts = np.unique(dest).tolist()
         for p in parts:
-            sub = batch.take(dest == p) if len(parts) > 1 else batch
-            out[int(p)] = (sub.to_bytes(), float(sub.record_ts.max()))
+            out[int(p)] = batch.take(dest == p) if len(parts) > 1 else batch
         return out
 
     def state_dict(self) -> dict:

@@ -46,7 +46,7 @@ from stream.driver import read_snapshots
 from stream.ingest import Record
 from stream.pipeline import build_account_model, build_catalog_model
 from stream.replay import encode_rows, plan_replay
-from stream.runtime import account_partition_factory, catalog_partition_factory, kafka_partition
+from stream.runtime import account_partition_factory, catalog_partition_factory, encode_forwards, kafka_partition
 from stream.schemas import Alert
 from tests.conftest import require_data
 from tests.kafka_helpers import WorkerProcess, read_all
@@ -179,7 +179,7 @@ def reference_run(s: Settings, records: list, models: str = "rules"):
             chunk = [Record(r.topic, p, r.offset, r.key, r.value, r.timestamp / 1000) for r in recs[lo:lo + 500]]
             out = rt.process(chunk)
             alerts += out.alerts
-            for dest, (value, _) in out.forwards.items():
+            for dest, (value, _) in encode_forwards([out]).items():
                 forwards[dest].append(value)
     for dest, values in sorted(forwards.items()):
         rt = catalogs[dest] = cat(dest)

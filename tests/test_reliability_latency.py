@@ -22,6 +22,7 @@ import time
 
 import pytest
 
+from stream.batch import PlayBatch
 from stream.config import Settings
 from stream.driver import LatencyTrace, StageDriver
 from stream.metrics import Metrics
@@ -50,9 +51,11 @@ class _Topic:
 
     def __init__(self, name: str, log: list):
         self.name, self.log = name, log
+        self.records: list[tuple] = []  # (partition, value, timestamp) of every send
 
     async def send(self, key=None, value=None, partition=None, timestamp=None, headers=None, force=False):
         self.log.append(("send", self.name, key))
+        self.records.append((partition, value, timestamp))
         fut = asyncio.get_running_loop().create_future()
         fut.set_result(None)
         return fut
@@ -93,13 +96,13 @@ def _alert_json(p: int, off: int) -> dict:
     }
 
 
-def _driver(tmp_path, log, interval=5.0, alerts=True, trace=True):
+def _driver(tmp_path, log, interval=5.0, alerts=True, trace=True, runtime=_Runtime):
     s = Settings(snapshot_interval_s=interval)
     topics = {n: _Topic(n, log) for n in ("alerts", "deadletter", "changelog", "forward")}
     rts = {}
 
     def make(p):
-        rts[p] = _Runtime(p, alerts)
+        rts[p] = runtime(p, alerts)
         return rts[p]
 
     d = StageDriver("account", make, s, Metrics(), topics, "plays",
@@ -710,3 +713,41 @@ def test_a_dropped_fetch_of_a_never_committed_partition_is_read_again_from_the_s
     got = drain()
     assert seeks == [(tp, 0)], "only the never-committed partition is sought to its start"
     assert [m.offset for m in got] == list(range(5))
+
+
+class _ForwardingRuntime(_Runtime):
+    """Fake account-stage runtime: each processed record forwards one play to
+    ``plays.by_artist`` partition ``offset % 2``, with event id ``p<partition>-<offset>``."""
+
+    def process(self, recs):
+        out = super().process(recs)
+        for dest in (0, 1):
+            mine = [r for r in recs if r.offset % 2 == dest]
+            if mine:
+                out.forwards[dest] = PlayBatch.from_dicts(
+                    [dict(event_id=f"p{self.partition}-{r.offset}", ts=1.7e9, account_id="a", track_id="t",
+                          artist_id="x", ms_played=1000) for r in mine],
+                    record_ts=[1.8e9 + 10 * self.partition + r.offset for r in mine])
+        return out
+
+
+def test_a_micro_batch_forwards_one_record_per_destination_partition(tmp_path):
+    """Forwards of every input partition of a micro-batch are merged: the
+    embedded broker's fetch cost grows with the record batches a partition
+    holds, and one record per (input, destination) pair stored up to
+    ``partitions`` times more of them (RELIABILITY.md)."""
+    log: list = []
+    d, _ = _driver(tmp_path, log, interval=3600.0, alerts=False, trace=False, runtime=_ForwardingRuntime)
+
+    async def scenario():
+        await d.handle(_events({0: [0, 1, 2], 1: [4, 5], 2: [7]}, log))
+        await d.drain_sends()
+
+    asyncio.run(scenario())
+    sent = sorted(d.topics["forward"].records, key=lambda r: r[0])
+    assert [dest for dest, _, _ in sent] == [0, 1], "one record per destination partition"
+    got = {dest: PlayBatch.from_bytes(v) for dest, v, _ in sent}
+    assert got[0].event_id == ["p0-0", "p0-2", "p1-4"]
+    assert got[1].event_id == ["p0-1", "p1-5", "p2-7"]
+    # each record carries the newest plays-record timestamp behind it (alert latency)
+    assert {dest: ts for dest, _, ts in sent} == {0: 1.8e9 + 14, 1: 1.8e9 + 27}
