@@ -294,3 +294,92 @@ def test_a_stuffing_ring_across_midnight_is_alerted_as_one_group_naming_both_hal
     assert sets[0].evidence["last_event_ts"] >= midnight
     assert {f"bot{b}" for b in range(6)} <= set(sets[0].evidence["members"])
     assert set(sets[0].evidence["members"]) <= {f"bot{b}" for b in range(12)}
+
+
+def _run_with_sinks(model, rows, size=100):
+    """Run ``model`` and read, per account, the highest score of its own
+    plays (``score_sink``) and the highest score the model gave it without a
+    play of it (``account_sink``)."""
+    own: dict = {}
+    raised: dict = {}
+
+    def sink(stage, batch, scores):
+        for a, v in zip(batch.account_id, scores.tolist()):
+            own[a] = max(own.get(a, 0.0), v)
+
+    def account_sink(stage, accounts, scores):
+        for a, v in zip(accounts, np.asarray(scores).tolist()):
+            raised[a] = max(raised.get(a, 0.0), v)
+
+    model.score_sink, model.account_sink = sink, account_sink
+    return _run(model, rows, size), own, raised
+
+
+def test_holders_that_stopped_before_the_group_grew_are_reported_at_the_groups_evidence():
+    # 20 bots start over 3 h and each plays its loop once: the first ones stop
+    # before the last ones join. Their own plays scored a small group; the
+    # model raises them to the grown group's evidence, with no play of theirs,
+    # and reports it through ``account_sink`` (eval reads it; session 7)
+    rng = np.random.default_rng(2)
+    rows = _background(rng, days=5)
+    playlist = [f"Pop{k}::song {k}" for k in range(10)] + [f"Stuffed::target {k}" for k in range(3)]
+    for b in range(20):
+        start = T0 + 4 * 86400 + 6 * 3600 + 600.0 * b
+        rows += _rows(f"bot{b}", start + np.cumsum(rng.uniform(150, 200, len(playlist))), playlist)
+    rows.sort(key=lambda r: r["ts"])
+    m = CatalogFraudModel(Settings())
+    alerts, own, raised = _run_with_sinks(m, rows)
+    sets = [a for a in alerts if a.detector == "shared_track_set"]
+    assert len(sets) == 1
+    bots = [f"bot{b}" for b in range(20)]
+    final = float(m.features.accounts.cols_["ts_ev"][m.features.accounts.lookup(bots)].max())
+    assert min(own[b] for b in bots) < final - 3.0  # the early bots' own plays saw a smaller group
+    assert min(raised.get(b, 0.0) for b in bots) >= final - 1.0  # SET_PROPAGATE_NATS
+    # no benign listener is raised
+    assert set(raised) <= set(bots)
+
+
+def test_holders_of_yesterdays_set_named_by_the_alert_hold_its_evidence():
+    # the midnight ring: six bots stop before midnight, six start after; the
+    # group alert (after midnight) names all twelve, and the six that have not
+    # played since midnight are raised to its evidence as well (session 7:
+    # before, only accounts with today's counters were raised)
+    rng = np.random.default_rng(5)
+    rows = _background(rng, days=6)
+    playlist = [f"Pop{k}::song {k}" for k in range(6)] + [f"Stuffed::target {k}" for k in range(3)]
+    midnight = T0 + 5 * 86400
+    for b in range(12):
+        start = midnight - 2.5 * 3600 + 600 * b if b < 6 else midnight + 1200 + 600 * (b - 6)
+        rows += _rows(f"bot{b}", start + np.cumsum(rng.uniform(150, 200, len(playlist))), playlist)
+    rows.sort(key=lambda r: r["ts"])
+    alerts, own, raised = _run_with_sinks(CatalogFraudModel(Settings()), rows)
+    sets = [a for a in alerts if a.detector == "shared_track_set"]
+    assert len(sets) == 1
+    early = [f"bot{b}" for b in range(6)]
+    assert max(own[b] for b in early) < sets[0].score - 3.0
+    assert min(raised.get(b, 0.0) for b in early) >= sets[0].score
+
+
+def test_eval_ranks_a_stopped_holder_by_the_score_the_model_gave_it():
+    # evaluate() reads account_sink: the stopped early bots of the midnight
+    # ring score at least the group alert's evidence, not the threshold
+    from stream.fraud.evaluate import evaluate
+    from stream.fraud.simulate import Labelled
+
+    rng = np.random.default_rng(5)
+    rows = _background(rng, days=6)
+    playlist = [f"Pop{k}::song {k}" for k in range(6)] + [f"Stuffed::target {k}" for k in range(3)]
+    midnight = T0 + 5 * 86400
+    for b in range(12):
+        start = midnight - 2.5 * 3600 + 600 * b if b < 6 else midnight + 1200 + 600 * (b - 6)
+        rows += _rows(f"bot{b}", start + np.cumsum(rng.uniform(150, 200, len(playlist))), playlist)
+    rows.sort(key=lambda r: r["ts"])
+    batch = PlayBatch.from_dicts(rows)
+    fraud = np.array([a.startswith("bot") for a in batch.account_id])
+    lab = Labelled(batch, fraud, ["playlist_stuffing:L1" if f else "" for f in fraud])
+    res = evaluate(lab, baselines=False)
+    pos, neg = res["_curves"]["playlist_stuffing:L1"]
+    thr = res["thresholds"]["catalog"]
+    assert min(pos) > thr + 3.0  # every bot, the stopped ones too, above the threshold's floor
+    assert max(neg) < thr
+    assert res["core"]["per_scenario"]["playlist_stuffing:L1"]["recall"] == 1.0

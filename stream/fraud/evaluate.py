@@ -5,7 +5,11 @@
 each event's account score after its batch (the models' ``score_sink``) and
 every alert, then reports per scenario and camouflage level:
 
-* account-level and event-level PR-AUC (average precision, scikit-learn);
+* account-level and event-level PR-AUC (average precision, scikit-learn); an
+  account's score is the highest score the core gave it: after each batch
+  holding its plays, and when a model raised it without a play of it (the
+  models' ``account_sink``: shared-set holders raised to their group's
+  evidence); an event's score is its account's score after its batch;
 * precision and recall at the operating threshold (an account is flagged when
   an alert names it: account alerts, or group / IP / track alerts listing it);
 * median and p90 time to detect: event time from the account's first fraud
@@ -72,8 +76,10 @@ def run_core(lab: Labelled, settings: Settings | None = None, batch_size: int = 
 
     Returns:
         dict: ``event_score`` (n,) (max over stages), ``stage_scores``
-        (stage -> (n,) scores), ``alerts`` list of (alert, event time),
-        ``batches`` list of :class:`PlayBatch`, ``seconds`` wall time.
+        (stage -> (n,) scores), ``account_raised`` (account id -> highest
+        score a model gave it without a play of it, nats: shared-set holders
+        raised to their group's evidence), ``alerts`` list of (alert, event
+        time), ``batches`` list of :class:`PlayBatch`, ``seconds`` wall time.
 
     Raises:
         ValueError: if ``batch_size`` < 1.
@@ -96,9 +102,18 @@ def run_core(lab: Labelled, settings: Settings | None = None, batch_size: int = 
         st = stage_ev.setdefault(stage, np.zeros(n))
         np.maximum(st[o:o + len(batch)], scores, out=st[o:o + len(batch)])
 
+    acc_raised: dict[str, float] = {}
+
+    def account_sink(stage, accounts, scores):
+        for a, v in zip(accounts, np.asarray(scores, np.float64).tolist()):
+            if v > acc_raised.get(a, -np.inf):
+                acc_raised[a] = v
+
     for m in (pipe.account, pipe.catalog):
         if hasattr(m, "score_sink"):
             m.score_sink = sink
+        if hasattr(m, "account_sink"):
+            m.account_sink = account_sink
     alerts, batches = [], []
     t_start = time.perf_counter()
     for o, e in batch_bounds(lab.batch.ts, batch_size, batch_seconds):
@@ -111,7 +126,7 @@ def run_core(lab: Labelled, settings: Settings | None = None, batch_size: int = 
             alerts.append((a, min(float(a.evidence.get("last_event_ts", t)), t)))
         batches.append(b)
     return {"event_score": ev, "stage_scores": stage_ev, "alerts": alerts, "batches": batches,
-            "seconds": time.perf_counter() - t_start, "pipeline": pipe}
+            "account_raised": acc_raised, "seconds": time.perf_counter() - t_start, "pipeline": pipe}
 
 
 def _metrics(groups, acc_score, acc_first, alerted_pairs, fraud_start, benign, days, ev_score=None, ev_groups=None):
@@ -181,6 +196,13 @@ def evaluate(lab: Labelled, settings: Settings | None = None, batch_size: int = 
     order = np.argsort(ev)
     for a, s in zip(acc[order].tolist(), ev[order].tolist()):
         acc_score[a] = s  # ascending: last write is the max
+    # an account's score is the highest the core gave it: after each batch
+    # holding its plays, and when a model raised it without a play of it (a
+    # shared-set holder that stopped before its group grew keeps, in the
+    # model, the group's evidence; session 7)
+    for a, s in core["account_raised"].items():
+        if a in acc_score:
+            acc_score[a] = max(acc_score[a], s)
     acc_first: dict[str, float] = {}
     pairs = []
     by_detector = defaultdict(int)

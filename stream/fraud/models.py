@@ -54,6 +54,12 @@ SET_PROPAGATE_NATS = 1.0
 #: score (float64, shape (n,)) each event's account has after the batch.
 ScoreSink = Callable[[str, PlayBatch, np.ndarray], None]
 
+#: Callback ``sink(stage, account_ids, scores)`` that eval uses to read
+#: account scores (float64, shape (m,), nats) a model changed without a play of
+#: those accounts in the batch (shared-set holders raised to their group's
+#: evidence, :meth:`CatalogFraudModel._set_alerts`).
+AccountScoreSink = Callable[[str, list, np.ndarray], None]
+
 
 @dataclass
 class FraudParams:
@@ -364,6 +370,8 @@ class CatalogFraudModel:
 
     Attributes:
         score_sink: optional :data:`ScoreSink`.
+        account_sink: optional :data:`AccountScoreSink` (scores of accounts
+            raised without a play of theirs).
     """
 
     stage = "catalog"
@@ -380,6 +388,7 @@ class CatalogFraudModel:
         self.n_batches_ = 0
         self.max_ts_ = 0.0
         self.score_sink: ScoreSink | None = None
+        self.account_sink: AccountScoreSink | None = None
 
     def terms(self, u: dict) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """Surprise terms (nats, shape (m,)) of the m accounts of ``u``
@@ -418,24 +427,32 @@ class CatalogFraudModel:
         np.maximum.at(smax, uinv, ev_set)
         c["ts_ev"][ua] = np.where(same, np.maximum(c["ts_ev"][ua], smax), smax)
         c["day"][ua] = np.maximum(c["day"][ua], dmax)
-        n = c["n"][ua].astype(np.float64)
+        return self.column_terms(ua), T_track, ev_boost
+
+    def column_terms(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Surprise terms (nats, shape (m,)) of account-table ``rows`` (int
+        (m,)) from their stored counters alone: the account's catalog score as
+        of its last update (:meth:`terms` after folding a batch in, or a
+        shared-set raise in :meth:`_set_alerts`)."""
+        p = self.params
+        c = self.features.accounts.cols_
+        n = c["n"][rows].astype(np.float64)
         # co-plays on new tracks count in full, others beyond an allowance
-        co_all = c["co"][ua].astype(np.float64)
-        co_new = np.minimum(c["co_new"][ua].astype(np.float64), co_all)
+        co_all = c["co"][rows].astype(np.float64)
+        co_new = np.minimum(c["co_new"][rows].astype(np.float64), co_all)
         co_eff = co_new + np.maximum(co_all - co_new - p.coplay_free, 0.0)
-        terms = {
-            "listener_concentration": c["boost"][ua].astype(np.float64),
+        return {
+            "listener_concentration": c["boost"][rows].astype(np.float64),
             # the same hypothesis as concentration (a closed crowd of listeners)
             # seen from light listeners: the larger of the two counts, not both
-            "shared_track_set": np.maximum(c["ts_ev"][ua].astype(np.float64) - c["boost"][ua], 0.0),
+            "shared_track_set": np.maximum(c["ts_ev"][rows].astype(np.float64) - c["boost"][rows], 0.0),
             "coplay_share": binom_llr(co_eff, n, p.p_coplay),
-            "new_artist_share": binom_llr(np.maximum(c["newart"][ua].astype(np.float64) - p.new_tracks_free, 0.0),
+            "new_artist_share": binom_llr(np.maximum(c["newart"][rows].astype(np.float64) - p.new_tracks_free, 0.0),
                                           n, p.p_new_artist),
-            "loop_catalog_share": binom_llr(c["loopart"][ua].astype(np.float64), n, p.p_loop_catalog),
-            "new_artists": binom_llr(np.maximum(c["newad"][ua].astype(np.float64) - p.new_artists_free, 0.0),
+            "loop_catalog_share": binom_llr(c["loopart"][rows].astype(np.float64), n, p.p_loop_catalog),
+            "new_artists": binom_llr(np.maximum(c["newad"][rows].astype(np.float64) - p.new_artists_free, 0.0),
                                      n, p.p_new_artists),
         }
-        return terms, T_track, ev_boost
 
     def process(self, batch: PlayBatch) -> list[Alert]:
         """Update catalog features, score accounts / tracks / groups, return alerts."""
@@ -595,7 +612,11 @@ class CatalogFraudModel:
         were last given (``set_given_``, per key and day) by
         ``SET_PROPAGATE_NATS``, all holders are raised to it again (before
         session 5 only the alert's evidence was given, so members that
-        completed their set before the group grew held the threshold score)."""
+        completed their set before the group grew held the threshold score).
+        Holders of yesterday's set are raised too (session 7), and every
+        raise is reported through ``account_sink`` (account ids and their
+        catalog scores from :meth:`column_terms`): a holder that has stopped
+        playing has no event to carry its new score."""
         ev = u.get("set_ev")
         if ev is None:
             return []
@@ -636,9 +657,18 @@ class CatalogFraudModel:
             if new_alert:
                 self.alerts_.first("shared_track_set", anchor, t)
             # every holder now holds the group's evidence (known at time t), so
-            # early members' later plays score as the newest member's did
-            c["ts_ev"][rows] = np.where(c["day"][rows] == day, np.maximum(c["ts_ev"][rows], score), c["ts_ev"][rows])
+            # early members' later plays score as the newest member's did.
+            # Holders of yesterday's set that have not played since midnight
+            # are raised too (session 7): their counters are still their last
+            # day's, which the group's evidence is about; their next play
+            # starts a new day's counters, so no later score depends on it
+            c["ts_ev"][rows] = np.where(c["day"][rows] >= day - 1, np.maximum(c["ts_ev"][rows], score),
+                                        c["ts_ev"][rows])
             self.set_given_[anchor] = (day, score)
+            if self.account_sink is not None:
+                # these accounts' scores changed without a play of theirs
+                self.account_sink(self.stage, [F.accounts.ids_[r] for r in rows.tolist()],
+                                  np.sum(list(self.column_terms(rows).values()), axis=0))
             if not new_alert:
                 continue
             members = sorted(F.accounts.ids_[r] for r in rows.tolist())
