@@ -173,8 +173,9 @@ class AudioDriver:
             if p not in self.catalogs:
                 continue
             seq = self.next_offset.get(p, 0)
-            for key, value in encode_snapshot("audio", p, self.catalogs[p].state_dict(), seq,
-                                              self.settings.snapshot_chunk_bytes):
+            st = self.settings
+            for key, value in encode_snapshot("audio", p, self.catalogs[p].state_dict(), seq, st.snapshot_chunk_bytes,
+                                              st.snapshot_compress_level, st.snapshot_codec):
                 futs.append(await self.topics["changelog"].send(key=key, value=value, force=True))
         if futs:
             await asyncio.gather(*futs)

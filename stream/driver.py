@@ -61,7 +61,8 @@ from stream.config import Settings
 from stream.ingest import Record
 from stream.metrics import Metrics
 from stream.runtime import PartitionRuntime, StageOutput, encode_forwards
-from stream.snapshots import SnapshotAssembler, encode_snapshot
+from detectors.serialize import dumps
+from stream.snapshots import SnapshotAssembler, chunk_snapshot
 
 log = logging.getLogger("playguard.driver")
 
@@ -69,6 +70,9 @@ log = logging.getLogger("playguard.driver")
 #: keeps one extra malloc arena for their buffers rather than one per
 #: thread of asyncio's default executor.
 _SNAPSHOT_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="playguard-snapshot")
+#: Another compresses and chunks them once the stage lock is released (zstd
+#: releases the GIL while it compresses).
+_COMPRESS_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="playguard-compress")
 
 
 async def read_snapshots(settings: Settings, timeout_s: float = 30.0) -> SnapshotAssembler:
@@ -514,13 +518,20 @@ class StageDriver:
         while self._inflight:
             await asyncio.gather(*list(self._inflight), return_exceptions=True)
 
-    def _encode(self, rt: PartitionRuntime, p: int) -> tuple[list[tuple[bytes, bytes]], int, float]:
-        """State dict and changelog records of one partition (runs in a worker
-        thread while the stage lock is held, so the state cannot change)."""
+    def _capture(self, rt: PartitionRuntime) -> tuple[bytes, int, float]:
+        """Serialised state of one partition, its ``next_offset`` and the
+        seconds it took (runs in the snapshot thread while the stage lock is
+        held, so the state cannot change)."""
         t0 = time.perf_counter()
-        recs = encode_snapshot(self.stage, p, rt.state_dict(), rt.next_offset, self.settings.snapshot_chunk_bytes,
-                               self.settings.snapshot_compress_level)
-        return recs, rt.next_offset, time.perf_counter() - t0
+        data = dumps(rt.state_dict())
+        return data, rt.next_offset, time.perf_counter() - t0
+
+    def _chunk(self, p: int, data: bytes, seq: int) -> list[tuple[bytes, bytes]]:
+        """Changelog records of a captured state (compressed with
+        ``snapshot_codec``; runs in the compress thread, off the lock)."""
+        st = self.settings
+        return chunk_snapshot(self.stage, p, data, seq, st.snapshot_chunk_bytes, st.snapshot_compress_level,
+                              st.snapshot_codec)
 
     async def _snapshot_locked(self, partitions: list[int], why: str = "request", wait: bool = False) -> None:
         """Snapshot each partition in turn; ack the events it covers once its
@@ -541,24 +552,28 @@ class StageDriver:
             if rt is None:
                 continue
             t0 = time.monotonic()
-            recs, _seq, state_s = await loop.run_in_executor(_SNAPSHOT_THREAD, self._encode, rt, p)
+            data, seq, state_s = await loop.run_in_executor(_SNAPSHOT_THREAD, self._capture, rt)
             evs = self.pending.pop(p, [])
             t1 = time.monotonic()
             self.last_snapshot[p] = self._last_snapshot_any = t1
-            futs = [await self.topics["changelog"].send(key=key, value=value, force=True) for key, value in recs]
-            task = loop.create_task(self._finish_snapshot(p, rt, futs, evs, t0, t1, state_s,
-                                                          sum(len(v) for _, v in recs), why))
+            task = loop.create_task(self._finish_snapshot(p, rt, data, seq, evs, t0, t1, state_s, why))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
         if wait:
             await self.drain()
 
-    async def _finish_snapshot(self, p: int, rt: PartitionRuntime, futs: list, evs: list, t0: float, t1: float,
-                               state_s: float, nbytes: int, why: str) -> None:
-        """Await one snapshot's sends, then ack the events it covers."""
+    async def _finish_snapshot(self, p: int, rt: PartitionRuntime, data: bytes, seq: int, evs: list, t0: float,
+                               t1: float, state_s: float, why: str) -> None:
+        """Compress and chunk one captured snapshot, write its records, await
+        them, then ack the events it covers."""
+        nbytes = 0
         try:
-            if futs:
-                await asyncio.gather(*futs)
+            recs = await asyncio.get_running_loop().run_in_executor(_COMPRESS_THREAD, self._chunk, p, data, seq)
+            del data
+            nbytes = sum(len(v) for _, v in recs)
+            futs = [await self.topics["changelog"].send(key=key, value=value, force=True) for key, value in recs]
+            del recs
+            await asyncio.gather(*futs)
         except Exception:  # noqa: BLE001 - not acked: the next snapshot covers them
             log.exception("snapshot of %s/%d failed", self.stage, p)
             if self.runtimes.get(p) is rt:

@@ -116,6 +116,14 @@ def _driver(tmp_path, log, interval=5.0, alerts=True, trace=True, runtime=_Runti
     return d, rts
 
 
+async def _until(cond, timeout: float = 5.0) -> None:
+    """Wait until ``cond()`` holds (background snapshot tasks), or fail."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
 def _events(parts_offsets, log):
     return [_Msg(p, o, log) for p, offs in parts_offsets.items() for o in offs]
 
@@ -296,8 +304,9 @@ def test_snapshot_write_does_not_block_the_stage_and_acks_only_when_written(tmp_
     async def scenario():
         ev1 = _events({0: [0, 1]}, log)
         d._started = time.monotonic() - 10.0  # partition 0 due after this batch
-        await d.handle(ev1)  # snapshot of partition 0 encoded, its write still pending
-        assert len(slow.futs) == 1 and not any(e.acked for e in ev1)
+        await d.handle(ev1)  # snapshot of partition 0 captured; compressed and written in the background
+        await _until(lambda: len(slow.futs) == 1)
+        assert not any(e.acked for e in ev1)
         ev2 = _events({0: [2]}, log)
         await asyncio.wait_for(d.handle(ev2), 1.0)  # the stage is not blocked by the write
         await d.drain_sends()
@@ -309,6 +318,7 @@ def test_snapshot_write_does_not_block_the_stage_and_acks_only_when_written(tmp_
         d.last_snapshot[0] = d._last_snapshot_any = time.monotonic() - 10.0
         ev3 = _events({0: [3]}, log)
         await d.handle(ev3)
+        await _until(lambda: len(slow.futs) == 2)
         slow.futs[-1].set_exception(RuntimeError("broker gone"))
         await d.drain()
         assert not any(e.acked for e in ev2 + ev3)
@@ -337,7 +347,7 @@ def test_a_slow_broker_write_does_not_stretch_the_snapshot_interval(tmp_path):
     async def scenario():
         d._started = time.monotonic() - 10.0  # partition 0 due after this batch
         await d.handle(_events({0: [0, 1]}, log))
-        assert len(slow.futs) == 1
+        await _until(lambda: len(slow.futs) == 1)
         await asyncio.sleep(0.6)  # the broker takes 0.6 s to store the snapshot
         slow.futs[0].set_result(None)
         await d.drain()
