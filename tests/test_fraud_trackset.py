@@ -273,25 +273,31 @@ def test_a_set_that_first_gets_hot_with_too_few_holders_still_alerts_its_real_gr
     assert g_day[0].evidence["last_event_ts"] >= day4 + 10 * 3600
 
 
-def test_a_stuffing_ring_across_midnight_is_alerted_as_one_group_naming_both_halves():
-    # six bots loop the stuffed playlist before midnight and stop; six more
-    # start after midnight. Per UTC day (before session 6) each half was a
-    # circle of 6 (no alert before midnight, an alert naming only the later
-    # bots after); over the 12-24-h window it is one ring of 12
+def _midnight_ring_rows() -> list[dict]:
+    """Six days of benign background plus a stuffing ring of twelve bots:
+    six stop before the sixth midnight, six start after it."""
     rng = np.random.default_rng(5)
     rows = _background(rng, days=6)
     playlist = [f"Pop{k}::song {k}" for k in range(6)] + [f"Stuffed::target {k}" for k in range(3)]
     midnight = T0 + 5 * 86400
     for b in range(12):
         start = midnight - 2.5 * 3600 + 600 * b if b < 6 else midnight + 1200 + 600 * (b - 6)
-        ts = start + np.cumsum(rng.uniform(150, 200, len(playlist)))
-        rows += _rows(f"bot{b}", ts, playlist)
+        rows += _rows(f"bot{b}", start + np.cumsum(rng.uniform(150, 200, len(playlist))), playlist)
     rows.sort(key=lambda r: r["ts"])
+    return rows
+
+
+def test_a_stuffing_ring_across_midnight_is_alerted_as_one_group_naming_both_halves():
+    # six bots loop the stuffed playlist before midnight and stop; six more
+    # start after midnight. Per UTC day (before session 6) each half was a
+    # circle of 6 (no alert before midnight, an alert naming only the later
+    # bots after); over the 12-24-h window it is one ring of 12
+    rows = _midnight_ring_rows()
     m = CatalogFraudModel(Settings())
     alerts = _run(m, rows, size=100)
     sets = [a for a in alerts if a.detector == "shared_track_set"]
     assert len(sets) == 1
-    assert sets[0].evidence["last_event_ts"] >= midnight
+    assert sets[0].evidence["last_event_ts"] >= T0 + 5 * 86400  # after midnight
     assert {f"bot{b}" for b in range(6)} <= set(sets[0].evidence["members"])
     assert set(sets[0].evidence["members"]) <= {f"bot{b}" for b in range(12)}
 
@@ -344,14 +350,7 @@ def test_holders_of_yesterdays_set_named_by_the_alert_hold_its_evidence():
     # group alert (after midnight) names all twelve, and the six that have not
     # played since midnight are raised to its evidence as well (session 7:
     # before, only accounts with today's counters were raised)
-    rng = np.random.default_rng(5)
-    rows = _background(rng, days=6)
-    playlist = [f"Pop{k}::song {k}" for k in range(6)] + [f"Stuffed::target {k}" for k in range(3)]
-    midnight = T0 + 5 * 86400
-    for b in range(12):
-        start = midnight - 2.5 * 3600 + 600 * b if b < 6 else midnight + 1200 + 600 * (b - 6)
-        rows += _rows(f"bot{b}", start + np.cumsum(rng.uniform(150, 200, len(playlist))), playlist)
-    rows.sort(key=lambda r: r["ts"])
+    rows = _midnight_ring_rows()
     alerts, own, raised = _run_with_sinks(CatalogFraudModel(Settings()), rows)
     sets = [a for a in alerts if a.detector == "shared_track_set"]
     assert len(sets) == 1
@@ -366,14 +365,7 @@ def test_eval_ranks_a_stopped_holder_by_the_score_the_model_gave_it():
     from stream.fraud.evaluate import evaluate
     from stream.fraud.simulate import Labelled
 
-    rng = np.random.default_rng(5)
-    rows = _background(rng, days=6)
-    playlist = [f"Pop{k}::song {k}" for k in range(6)] + [f"Stuffed::target {k}" for k in range(3)]
-    midnight = T0 + 5 * 86400
-    for b in range(12):
-        start = midnight - 2.5 * 3600 + 600 * b if b < 6 else midnight + 1200 + 600 * (b - 6)
-        rows += _rows(f"bot{b}", start + np.cumsum(rng.uniform(150, 200, len(playlist))), playlist)
-    rows.sort(key=lambda r: r["ts"])
+    rows = _midnight_ring_rows()
     batch = PlayBatch.from_dicts(rows)
     fraud = np.array([a.startswith("bot") for a in batch.account_id])
     lab = Labelled(batch, fraud, ["playlist_stuffing:L1" if f else "" for f in fraud])
