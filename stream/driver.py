@@ -57,11 +57,11 @@ from typing import Callable
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
+from detectors.serialize import dumps
 from stream.config import Settings
 from stream.ingest import Record
 from stream.metrics import Metrics
 from stream.runtime import PartitionRuntime, StageOutput, encode_forwards
-from detectors.serialize import dumps
 from stream.snapshots import SnapshotAssembler, chunk_snapshot
 
 log = logging.getLogger("playguard.driver")

@@ -77,9 +77,6 @@ def encode_snapshot(
         ValueError: if ``chunk_bytes`` is not positive, or on an unknown
             codec or a level outside its range.
     """
-    check_codec(codec, compress_level)
-    if chunk_bytes <= 0:
-        raise ValueError("chunk_bytes must be positive")
     return chunk_snapshot(stage, partition, dumps(state), seq, chunk_bytes, compress_level, codec)
 
 

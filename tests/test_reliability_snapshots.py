@@ -86,3 +86,15 @@ def test_bad_compressed_snapshots_are_skipped_not_loaded():
         encode_snapshot("catalog", 1, {}, seq=1, compress_level=23)
     with pytest.raises(ValueError):
         encode_snapshot("catalog", 1, {}, seq=1, compress_level=1, codec="lz4")
+
+
+def test_settings_accept_only_levels_the_codec_has():
+    from pydantic import ValidationError
+
+    from stream.config import Settings
+
+    assert Settings(snapshot_codec="zstd", snapshot_compress_level=19).snapshot_compress_level == 19
+    for bad in (dict(snapshot_codec="zlib", snapshot_compress_level=12), dict(snapshot_compress_level=23),
+                dict(snapshot_compress_level=-1), dict(snapshot_codec="lz4")):
+        with pytest.raises(ValidationError):
+            Settings(**bad)
