@@ -195,6 +195,64 @@ def test_odd_hour_evidence_of_a_new_identity_does_not_fade_with_its_own_plays():
     assert gain[-5:].mean() > 0.7 * gain[:5].mean() > 0.5
 
 
+def _daytime_listener(rng, days=4):
+    """A listener playing 09:00-18:00 UTC on one phone at home (FR) for ``days`` days."""
+    rows = []
+    for d in range(days):
+        ts = np.sort(T0 + d * 86400 + rng.uniform(9 * 3600, 18 * 3600, 60))
+        rows += _rows("owner", ts, [f"Home::song {k % 30}" for k in range(60)], ip="10.1.1.1",
+                      device_id="phone", country="FR")
+    return rows
+
+
+def _account_alerts(alerts):
+    return [a for a in alerts if a.detector == "account_fraud"]
+
+
+def test_a_new_phone_where_the_owners_phone_has_played_is_not_a_stranger():
+    """A traveller's own phone reaches the new country first; a phone first
+    seen there at night (by the home clock) is then the traveller's, not a
+    new identity. The same night plays with the owner's phone never in that
+    country are a hijacker's and alert during the night."""
+    night = T0 + 4 * 86400 + 2 * 3600 + np.arange(0, 3 * 3600, 215.0)  # 02:00-05:00
+    abroad = dict(ip="198.51.100.9", device_id="new", country="BR")
+    found = {}
+    for case in ("trip", "hijack"):
+        m = AccountFraudModel(Settings())
+        rows = _daytime_listener(np.random.default_rng(3))
+        if case == "trip":  # the owner's phone lands in BR the evening before
+            td = T0 + 3 * 86400 + np.arange(19 * 3600, 23 * 3600, 600.0)
+            rows += _rows("owner", td, ["Home::song 2"] * len(td), ip="198.51.100.9", device_id="phone",
+                          country="BR")
+        assert not _account_alerts(_run(m, rows))
+        found[case] = _account_alerts(_run(m, _rows("owner", night, ["Away::x"] * len(night), **abroad), size=10))
+    assert not found["trip"]
+    assert len(found["hijack"]) == 1 and "odd_hour_new_device" in found["hijack"][0].reasons
+    assert found["hijack"][0].evidence["last_event_ts"] < night[-1]
+
+
+def test_a_device_first_seen_at_home_is_the_owners_abroad():
+    """A second phone first used at home, then taken on a trip (new IP and
+    country, at night by the home clock), is not a new identity; a phone
+    first seen from a new IP and country is, whatever it does next."""
+    from stream.fraud.features_account import FEATURE_NAMES
+    col = FEATURE_NAMES.index("new_identity_plays")
+    night = T0 + 4 * 86400 + 2 * 3600 + np.arange(0, 3 * 3600, 215.0)
+    got = {}
+    for case in ("owner's", "stranger's"):
+        m = AccountFraudModel(Settings())
+        _run(m, _daytime_listener(np.random.default_rng(5)))
+        if case == "owner's":  # the second phone's first play: at home, the evening before
+            m.features.update(PlayBatch.from_dicts(_rows("owner", [T0 + 3 * 86400 + 20 * 3600], ["Home::song 4"],
+                                                         ip="10.1.1.1", device_id="phone2", country="FR")))
+        for t in night:
+            slots, X, _ = m.features.update(PlayBatch.from_dicts(
+                _rows("owner", [t], ["Away::x"], ip="198.51.100.9", device_id="phone2", country="BR")))
+        got[case] = X[0, col]
+    assert got["owner's"] == 0.0
+    assert got["stranger's"] > 0.5 * len(night)
+
+
 def test_own_devices_stay_known_while_ips_churn():
     """New IPs (mobile carriers, VPN exits) must not move the account's device
     list cursor: each kind (device / IP / country) has its own round-robin

@@ -23,9 +23,13 @@ Account features (per touched account, after the batch):
 ``new_device_plays``        plays from a device first seen < 24 h ago on an
                             account older than 2 days (tau 12 h)
 ``new_ip_plays``            same for IPs; ``new_country_plays`` for countries
-``odd_hour_new_device``     sum over plays from a new device, IP and country of
-                            the hour's surprise ``max(0, -ln p(hour) - ln 24)``
-``new_identity_plays``      plays from a new device, IP and country at once
+``odd_hour_new_device``     sum over plays from a new identity (below) of the
+                            hour's surprise ``max(0, -ln p(hour) - ln 24)``
+``new_identity_plays``      plays from a new identity: a new device first seen
+                            from a new IP and a new country (a device first
+                            seen at a known place is the owner's), on a new IP
+                            in a new country where none of the owner's devices
+                            has played (else a trip or a VPN exit)
 ``overlaps``                plays starting > 60 s before the previous play ended
                             on another device (two streams at once), tau 12 h
 ``country_switches``        consecutive plays < 30 min apart in different
@@ -103,6 +107,7 @@ _ACCOUNT_COLS = {
     "win_blk": ("i4", ()), "win_ipbits": ("u8", (WIN_BLOCKS,)), "win_devbits": ("u8", (WIN_BLOCKS,)),
     "win_ctrybits": ("u8", (WIN_BLOCKS,)),
     "last_ipslot": ("i8", ()), "last_devslot": ("i8", ()),
+    "dev_odd": ("u1", (3,)), "ctry_own": ("u1", (3,)),
 }
 _NET_COLS = {"day": ("i4", ()), "plays": ("f4", ()), "t_ref": ("f8", ())}
 
@@ -144,6 +149,29 @@ def _first_seen_scan(vals, times, a, h, out):
             if vals[s, j] == h[i] and times[s, j] < t:
                 t = times[s, j]
         out[i] = t
+
+
+@nb.njit
+def _slot_flags(vals, flags, a, h, out):
+    """``out[i]``: the flag of value ``h[i]`` among account ``a[i]``'s recent
+    values (``vals`` / ``flags`` (capacity, k)); 0 when absent."""
+    for i in range(len(a)):
+        s = a[i]
+        f = 0
+        for j in range(vals.shape[1]):
+            if vals[s, j] == h[i]:
+                f = flags[s, j]
+        out[i] = f
+
+
+@nb.njit
+def _set_slot_flags(vals, flags, a, h, v):
+    """Set the flag of value ``h[i]`` of account ``a[i]`` to ``v[i]``."""
+    for i in range(len(a)):
+        s = a[i]
+        for j in range(vals.shape[1]):
+            if vals[s, j] == h[i]:
+                flags[s, j] = v[i]
 
 
 class AccountFeatures:
@@ -293,13 +321,30 @@ class AccountFeatures:
         # batch (row sums per account)
         p_hour = (c["hour_hist"][a, hod] + 0.5) / (c["hour_hist"][slots].sum(axis=1)[inv] + 12.0)
         odd = np.maximum(0.0, -np.log(p_hour) - np.log(24.0))
-        newdev = self._novel(a, dev, ts, "dev", "dev_t") & (acct_age > 2 * DAY)
+        newdev, born = self._novel(a, dev, ts, "dev", "dev_t", births=True, flag="dev_odd")
+        newdev &= acct_age > 2 * DAY
         newip = self._novel(a, ipc, ts, "ip", "ip_t") & (acct_age > 2 * DAY)
-        newctry = self._novel(a, ctry, ts, "ctry", "ctry_t") & (acct_age > 2 * DAY)
+        newctry = self._novel(a, ctry, ts, "ctry", "ctry_t", flag="ctry_own") & (acct_age > 2 * DAY)
+        # a device's provenance: one first seen from a new IP and a new
+        # country is a stranger's; one first seen at a known place is the
+        # owner's (a second phone used at home before a trip), and its plays
+        # abroad are not a new identity
+        if born.any():
+            _set_slot_flags(c["dev"], c["dev_odd"], a[born], dev[born], (newip & newctry)[born].astype(np.uint8))
+        dev_odd = np.zeros(n, np.uint8)
+        _slot_flags(c["dev"], c["dev_odd"], a, dev, dev_odd)
+        # a country where one of the owner's devices has played (a trip, a
+        # VPN exit) is the owner's: a new device there is not a stranger
+        ctry_own = np.zeros(n, np.uint8)
+        _slot_flags(c["ctry"], c["ctry_own"], a, ctry, ctry_own)
+        newall = newdev & (dev_odd == 1) & newip & newctry & (ctry_own == 0)
+        vouch = (dev != 0) & (ctry != 0) & (dev_odd == 0)
+        if vouch.any():
+            _set_slot_flags(c["ctry"], c["ctry_own"], a[vouch], ctry[vouch], np.ones(int(vouch.sum()), np.uint8))
         # plays from a new device + IP + country do not teach the account its
         # hours: otherwise a hijacker's own night plays make the night
         # "typical" within a few plays and the odd-hour evidence dies out
-        learn = ~(newdev & newip & newctry)
+        learn = ~newall
         if learn.all():
             scatter_add2(c["hour_hist"], a, hod, 1.0)
         else:
@@ -307,8 +352,8 @@ class AccountFeatures:
         add("newdev", wd * newdev)
         add("newip", wd * newip)
         add("newctry", wd * newctry)
-        add("oddhour", wd * (newdev & newip & newctry) * odd)
-        add("newall", wd * (newdev & newip & newctry))
+        add("oddhour", wd * newall * odd)
+        add("newall", wd * newall)
         # ---- IP / device fan-in (distinct accounts, today + yesterday)
         ip_acc_ev = self._fanin(self.ips, self.ip_hll, batch.ip, a, ts, day)
         dev_acc_ev = self._fanin(self.devices, self.dev_hll, batch.device_id, a, ts, day)
@@ -389,13 +434,20 @@ class AccountFeatures:
                 pos = word[sel] + (mix64(h[sel].astype(np.uint64)) & np.uint64(63)).astype(np.int64)
                 bitmap_set(c[name], a[sel], pos)
 
-    def _novel(self, a, h, ts, key, tkey) -> np.ndarray:
+    def _novel(self, a, h, ts, key, tkey, births: bool = False, flag: str | None = None):
         """Per event: is value ``h`` of account ``a`` first seen < 24 h ago.
-        Inserts unseen values (3 most recent kept per account)."""
+        Inserts unseen values (3 most recent kept per account), clearing
+        their entry of the per-value flag column ``flag`` when given.
+
+        Returns:
+            bool (n,); with ``births``, also bool (n,): the events that
+            inserted their value (its first sighting).
+        """
         c = self.accounts.cols_
         nz = h != 0
+        inserted = np.zeros(len(a), bool)
         if not nz.any():
-            return nz
+            return (nz, inserted) if births else nz
         # one round-robin cursor per kind: a shared cursor let new IPs evict
         # the account's own devices, which then came back as "new"
         kind = {"dev": 0, "ip": 1, "ctry": 2}[key]
@@ -412,9 +464,13 @@ class AccountFeatures:
                 j = int(c["rr"][s, kind]) % 3
                 c[key][s, j] = v
                 c[tkey][s, j] = t
+                if flag is not None:
+                    c[flag][s, j] = 0
                 c["rr"][s, kind] = (j + 1) % 3
             _first_seen_scan(c[key], c[tkey], a, h, tfirst)
-        return nz & (ts - tfirst < DAY)
+            inserted = miss & (ts == tfirst)
+        new = nz & (ts - tfirst < DAY)
+        return (new, inserted) if births else new
 
     def _fanin(self, table: SlotTable, hll: list[HLLBank], ids, a, ts, day) -> np.ndarray:
         """Update an IP / device table; per-event distinct accounts (today and
