@@ -72,6 +72,52 @@ def test_hijacked_accounts_are_background_accounts(labelled):
     assert hij and hij <= benign_rows  # victims also emit their own benign plays
 
 
+def test_hard_negative_album_has_one_artist_and_its_crowd_is_not_the_viral_crowd(labelled):
+    """The superfans' new album is one artist's 12 songs (a generator bug gave
+    each song its own random artist, so album listeners "discovered" a dozen
+    new artists a day), and the album's casual listeners are not the viral
+    hit's (both crowds were the same accounts)."""
+    b = labelled.batch
+    acc = np.asarray(b.account_id, dtype=object)
+    lab = np.asarray(labelled.scenario, dtype=object)
+    art = np.asarray(b.artist_id, dtype=object)
+    album = {a for a in art[lab == "hardneg:superfan"]}
+    assert len(album) == 1 and next(iter(album)).startswith("New Album Artist")
+    fans, viral = set(acc[lab == "hardneg:superfan"]), set(acc[lab == "hardneg:viral"])
+    assert len(fans) >= 10 and len(viral) >= 5
+    assert not fans & viral
+
+
+def test_clones_of_one_listener_do_not_play_in_lockstep(background):
+    """With more than 14 clones per real listener (the first ring of 23-min
+    offsets), clones used to reuse an offset: two clones of a routine listener
+    then played the same tracks within seconds of each other every day. No
+    two benign accounts may share more than a fifth of their plays as the same
+    track in the same 2-min slot."""
+    from collections import Counter, defaultdict
+    from itertools import combinations
+
+    from stream.fraud.simulate import simulate
+
+    lab = simulate(background, n_accounts=7 + 7 * 20, scenarios=["boost"], levels=("L0",), seed=2,
+                   hard_negatives=False, grow_background=False)
+    b = lab.batch
+    acc = np.asarray(b.account_id, dtype=object)
+    keep = ~np.asarray(lab.is_fraud)
+    slot = (np.asarray(b.ts) // 120).astype(np.int64)
+    holders = defaultdict(set)
+    for a, t, s in zip(acc[keep], np.asarray(b.track_id, dtype=object)[keep], slot[keep]):
+        holders[(t, s)].add(a)
+    plays = Counter(acc[keep])
+    assert len(plays) >= 140
+    shared = Counter()
+    for hs in holders.values():
+        if 2 <= len(hs) <= 20:
+            shared.update(combinations(sorted(hs), 2))
+    worst = max((n / min(plays[x], plays[y]) for (x, y), n in shared.items()), default=0.0)
+    assert worst < 0.2, worst
+
+
 def test_same_seed_same_stream(background):
     from stream.fraud.simulate import simulate
 

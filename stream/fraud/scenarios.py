@@ -329,7 +329,8 @@ def hard_negative(name: str, ctx: Context, t0: float, t1: float, k: int, casual_
                     out.extend(acc, t2[sel], ctx.filler(int(sel.sum())), m2[sel], home["home_ip"],
                                home["devices"][-1], home["country"])
     elif name == "superfan":
-        album = [f"New Album Artist {rng.integers(100)}::song {i}" for i in range(12)]
+        artist = f"New Album Artist {rng.integers(100)}"  # one artist for the whole album
+        album = [f"{artist}::song {i}" for i in range(12)]
         rel = t0 + rng.random() * max(t1 - t0 - 3 * DAY, DAY)
         for _ in range(k):
             acc, home = rand_account(rng), ctx.pool.home()

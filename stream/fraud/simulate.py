@@ -202,10 +202,17 @@ def simulate(background: PlayBatch, *, n_accounts: int = 1000, fraud_share: floa
         add_rows(a, _cols(background, idx), labels_real.get(a, ""), ext_style[a], [background.event_id[i] for i in idx])
     n_clones = max(0, n_accounts - len(real_accounts))
     clones = []
-    # clones of one user get distinct offsets on a 23-min grid within +-3 h, so
-    # routine listeners' clones never share (track, 10-min bucket) cells
-    grid = np.r_[np.arange(-7, 0), np.arange(1, 8)] * 23 * 60.0
+    # clones of one user get distinct offsets on a 23-min grid, so routine
+    # listeners' clones never share (track, 10-min bucket) cells: +-1..7 steps
+    # (+-3 h) first, then the next rings outwards (+-8..14 steps, ...) once a
+    # user has more clones than that. Reusing the first ring (as before) made
+    # clones of one user with the same offset play the same tracks within
+    # seconds of each other on every day of a daily routine: an artificial
+    # lockstep pair
+    ring = np.r_[np.arange(-7, 0), np.arange(1, 8)]
+    grid = ring * 23 * 60.0
     offsets = {a: list(rng.permutation(grid)) for a in real_accounts}
+    rings = dict.fromkeys(real_accounts, 0)
 
     def add_clone(src: str) -> int:
         idx = by_acc[src]
@@ -213,8 +220,11 @@ def simulate(background: PlayBatch, *, n_accounts: int = 1000, fraud_share: floa
         c = _cols(background, keep)
         k = int(rng.integers(1, max(2, span_days)))
         if not offsets[src]:
-            offsets[src] = list(rng.permutation(grid))
-        ts = t0 + np.mod(c["ts"] - t0 + k * DAY, span) + offsets[src].pop() + rng.normal(0, 3, len(keep))
+            rings[src] += 1
+            offsets[src] = list(rng.permutation((ring + 7 * rings[src] * np.sign(ring)) * 23 * 60.0))
+        # wrapped into the window (clipping piled the plays shifted past an
+        # edge onto one instant)
+        ts = t0 + np.mod(c["ts"] - t0 + k * DAY + offsets[src].pop() + rng.normal(0, 3, len(keep)), span)
         c["ts"] = np.clip(ts, t0, t1 - 1)
         swap = rng.random(len(keep)) < 0.25
         fill = [popular[i] for i in rng.choice(len(popular), int(swap.sum()), p=pop_p)]
@@ -247,10 +257,14 @@ def simulate(background: PlayBatch, *, n_accounts: int = 1000, fraud_share: floa
             idents[a] = pool.home()
         return idents[a]
     if hard_negatives:
-        casual = lambda n: [(a, {"ip": ident_of(a)["home_ip"], "device": ident_of(a)["devices"][0],  # noqa: E731
-                                 "country": ident_of(a)["country"]}) for a in casual_pool[:n]]
+        casual = lambda i, n: [(a, {"ip": ident_of(a)["home_ip"], "device": ident_of(a)["devices"][0],  # noqa: E731
+                                    "country": ident_of(a)["country"]}) for a in casual_pool[i:i + n]]
+        # the album's and the viral hit's casual listeners are two different
+        # crowds (up to 300 accounts each, half of the casual pool at most)
+        n_casual = min(300, len(casual_pool) // 2)
+        crowds = {"superfan": casual(0, n_casual), "viral": casual(n_casual, n_casual)}
         for name, k in (("sleep", 5), ("superfan", 6), ("viral", 0), ("cafe", 3)):
-            pl = hard_negative(name, ctx, t0, t1, k, casual_accounts=casual(min(300, len(casual_pool))) if name in ("superfan", "viral") else None)
+            pl = hard_negative(name, ctx, t0, t1, k, casual_accounts=crowds.get(name))
             injected.append((pl, f"hardneg:{name}", False))
     # ---- fraud
     n_benign = sum(len(x) for x in rows["ts"]) + sum(len(p[0].ts) for p in injected)
