@@ -78,6 +78,9 @@ TAU_WEEK = 7 * 86400.0
 #: Consecutive plays in different countries closer than this (s) are an
 #: impossible journey (no flight is that fast between most country pairs).
 TRAVEL_GAP_S = 1800.0
+#: Account age (s of event time since its first play) before a device, IP or
+#: country can be "new" to it: a new account's first values are its own.
+IDENTITY_AGE_S = 2 * 86400.0
 #: Identity windows (distinct IPs / devices / countries): a ring of
 #: ``WIN_BLOCKS`` bitmaps of ``WIN_BLOCK_S`` seconds each; the window is the
 #: current block and the ``WIN_BLOCKS - 1`` before it (18-24 h).
@@ -180,6 +183,8 @@ class AccountFeatures:
     Args:
         ttl_s: event-time inactivity (s) after which an entity's state is dropped.
         hll_p: HyperLogLog precision of the IP / device distinct-account sketches.
+        identity_age_s: account age (s of event time since its first play)
+            before a device, IP or country can be new to it.
 
     Example:
         >>> from stream.batch import PlayBatch
@@ -191,7 +196,8 @@ class AccountFeatures:
         1.0
     """
 
-    def __init__(self, ttl_s: float = 7 * 86400, hll_p: int = 6):
+    def __init__(self, ttl_s: float = 7 * 86400, hll_p: int = 6, identity_age_s: float = IDENTITY_AGE_S):
+        self.identity_age_s = float(identity_age_s)
         self.accounts = SlotTable(_ACCOUNT_COLS, ttl_s)
         self.ips = SlotTable(_NET_COLS, ttl_s)
         self.devices = SlotTable(_NET_COLS, ttl_s)
@@ -322,9 +328,10 @@ class AccountFeatures:
         p_hour = (c["hour_hist"][a, hod] + 0.5) / (c["hour_hist"][slots].sum(axis=1)[inv] + 12.0)
         odd = np.maximum(0.0, -np.log(p_hour) - np.log(24.0))
         newdev, born = self._novel(a, dev, ts, "dev", "dev_t", births=True, flag="dev_odd")
-        newdev &= acct_age > 2 * DAY
-        newip = self._novel(a, ipc, ts, "ip", "ip_t") & (acct_age > 2 * DAY)
-        newctry = self._novel(a, ctry, ts, "ctry", "ctry_t", flag="ctry_own") & (acct_age > 2 * DAY)
+        known = acct_age > self.identity_age_s
+        newdev &= known
+        newip = self._novel(a, ipc, ts, "ip", "ip_t") & known
+        newctry = self._novel(a, ctry, ts, "ctry", "ctry_t", flag="ctry_own") & known
         # a device's provenance: one first seen from a new IP and a new
         # country is a stranger's; one first seen at a known place is the
         # owner's (a second phone used at home before a trip), and its plays
