@@ -274,6 +274,10 @@ def test_coplay_poisson_tail_equals_scipy_sf():
 
 
 def ref_novel(c, a, h, ts, key, tkey, day=86400.0):
+    """Plain-numpy reference of ``AccountFeatures._novel``: an unseen value
+    replaces the account's least recently seen one (batch-start sightings and
+    this batch's insertions), then every sighting is recorded (hours, f4)."""
+    last = c[key + "_seen"]
     known = c[key][a] == h[:, None]
     miss = ~known.any(axis=1) & (h != 0)
     if miss.any():
@@ -282,11 +286,15 @@ def ref_novel(c, a, h, ts, key, tkey, day=86400.0):
             if (s, v) in seen:
                 continue
             seen.add((s, v))
-            j = int(c["rr"][s, 0]) % 3
+            j = int(np.argmin(last[s]))
             c[key][s, j] = v
             c[tkey][s, j] = t
-            c["rr"][s, 0] = (j + 1) % 3
+            last[s, j] = np.float32(t / 3600.0)
         known = c[key][a] == h[:, None]
+    hours = (ts / 3600.0).astype(np.float32)
+    for i in np.flatnonzero(h != 0):
+        j = np.flatnonzero(c[key][a[i]] == h[i])
+        last[a[i], j] = np.maximum(last[a[i], j], hours[i])
     tfirst = np.where(known, c[tkey][a], np.inf).min(axis=1)
     return (h != 0) & (ts - tfirst < day)
 
@@ -306,7 +314,7 @@ def test_novel_values_scan_matches_numpy_reference():
         want = ref_novel(ref_cols, a, h, ts, "dev", "dev_t")
         got = f._novel(a, h, ts, "dev", "dev_t")
         assert np.array_equal(got, want)
-        for k in ("dev", "dev_t", "rr"):
+        for k in ("dev", "dev_t", "dev_seen"):
             assert np.array_equal(f.accounts.cols_[k], ref_cols[k])
     assert not f._novel(a, np.zeros(n, np.uint32), ts, "ip", "ip_t").any()
 

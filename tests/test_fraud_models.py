@@ -253,6 +253,56 @@ def test_a_device_first_seen_at_home_is_the_owners_abroad():
     assert got["stranger's"] > 0.5 * len(night)
 
 
+def test_the_home_ip_outlives_carrier_ips_in_the_accounts_memory():
+    """Three remembered IPs per account: an unseen IP replaces the least
+    recently seen one. A home line used between mobile sessions on three
+    carrier NATs stays known (a round-robin cursor evicted it every day, and
+    it came back as a new IP)."""
+    from stream.fraud.features_account import FEATURE_NAMES
+    col = FEATURE_NAMES.index("new_ip_plays")
+    m = AccountFraudModel(Settings())
+    t = T0
+    for d in range(4):
+        for ip in ("100.64.0.1", "100.64.0.2", "100.64.0.3"):
+            for k in range(5):  # a session at home, then one on a carrier NAT
+                t += 600.0
+                m.features.update(PlayBatch.from_dicts(_rows("user", [t], [f"Home::song {k}"], ip="10.0.0.1",
+                                                             device_id="phone", country="FR")))
+            t += 600.0
+            m.features.update(PlayBatch.from_dicts(_rows("user", [t], ["Home::song 9"], ip=ip, device_id="phone",
+                                                         country="FR")))
+        t = T0 + (d + 1) * 86400
+    home_new = []
+    for k in range(5):  # the next day's first home plays
+        slots, X, _ = m.features.update(PlayBatch.from_dicts(_rows("user", [t + 60 * k], ["Home::song 1"],
+                                                                    ip="10.0.0.1", device_id="phone", country="FR")))
+        home_new.append(X[0, col])
+    # the carrier IPs take turns in the other two slots (each comes back as
+    # new, as it should with four IPs and three slots); the home plays add
+    # nothing to the decayed new-IP count
+    assert np.all(np.diff(home_new) <= 0.0)
+
+
+def test_a_strangers_phone_on_its_own_line_at_night_at_home():
+    """The victim's country, a phone never seen before, on an IP no other
+    account uses, at the owner's sleeping hours: the hours' surprise (not the
+    count of plays, as abroad) is enough over three hours to alert. The same phone on a
+    carrier NAT shared by many accounts is the owner's new phone."""
+    night = T0 + 4 * 86400 + 2 * 3600 + np.arange(0, 3 * 3600, 215.0)  # 02:00-05:00
+    found = {}
+    for case, ip in (("own line", "198.51.100.9"), ("carrier NAT", "100.64.9.9")):
+        m = AccountFraudModel(Settings())
+        rows = _daytime_listener(np.random.default_rng(3))
+        for k in range(6):  # other accounts on the carrier NAT (and on nothing else)
+            ts = T0 + 3 * 86400 + 3600 * np.arange(1, 20)
+            rows += _rows(f"mobile{k}", ts, ["Pop::hit"] * len(ts), ip="100.64.9.9", device_id=f"m{k}", country="FR")
+        _run(m, rows)
+        found[case] = _account_alerts(_run(m, _rows("owner", night, ["Stolen::x"] * len(night), ip=ip,
+                                                    device_id="new", country="FR"), size=10))
+    assert len(found["own line"]) == 1 and "odd_hour_new_device" in found["own line"][0].reasons
+    assert not found["carrier NAT"]
+
+
 def test_own_devices_stay_known_while_ips_churn():
     """New IPs (mobile carriers, VPN exits) must not move the account's device
     list cursor: each kind (device / IP / country) has its own round-robin

@@ -23,13 +23,17 @@ Account features (per touched account, after the batch):
 ``new_device_plays``        plays from a device first seen < 24 h ago on an
                             account older than 2 days (tau 12 h)
 ``new_ip_plays``            same for IPs; ``new_country_plays`` for countries
-``odd_hour_new_device``     sum over plays from a new identity (below) of the
-                            hour's surprise ``max(0, -ln p(hour) - ln 24)``
-``new_identity_plays``      plays from a new identity: a new device first seen
-                            from a new IP and a new country (a device first
-                            seen at a known place is the owner's), on a new IP
-                            in a new country where none of the owner's devices
-                            has played (else a trip or a VPN exit)
+``odd_hour_new_device``     sum over plays from a stranger's device (below) of
+                            the hour's surprise ``max(0, -ln p(hour) - ln 24)``
+``new_identity_plays``      plays from a new identity abroad: a stranger's
+                            device (first seen from a new IP in a new country,
+                            or on a new IP no other account uses; a device
+                            first seen at a known place is the owner's), on a
+                            new IP, in a new country where none of the owner's
+                            devices has played (else a trip or a VPN exit).
+                            A stranger's device on a new IP of its own in a
+                            country of the owner's adds to
+                            ``odd_hour_new_device`` only
 ``overlaps``                plays starting > 60 s before the previous play ended
                             on another device (two streams at once), tau 12 h
 ``country_switches``        consecutive plays < 30 min apart in different
@@ -78,6 +82,9 @@ TAU_WEEK = 7 * 86400.0
 #: Consecutive plays in different countries closer than this (s) are an
 #: impossible journey (no flight is that fast between most country pairs).
 TRAVEL_GAP_S = 1800.0
+#: Distinct accounts (today + yesterday, per worker) up to which an IP is an
+#: account's own (a home or a stranger's line; a carrier NAT has dozens).
+LONELY_IP_ACCOUNTS = 2.5
 #: Account age (s of event time since its first play) before a device, IP or
 #: country can be "new" to it: a new account's first values are its own.
 IDENTITY_AGE_S = 2 * 86400.0
@@ -105,7 +112,8 @@ _ACCOUNT_COLS = {
     "hour_hist": ("f4", (24,)), "hour_seen": ("i4", (24,)),
     "last_ts": ("f8", ()), "last_end": ("f8", ()), "last_dev": ("u4", ()), "last_ctry": ("u4", ()),
     "dev": ("u4", (3,)), "dev_t": ("f8", (3,)), "ip": ("u4", (3,)), "ip_t": ("f8", (3,)),
-    "ctry": ("u4", (3,)), "ctry_t": ("f8", (3,)), "rr": ("u1", (3,)),
+    "ctry": ("u4", (3,)), "ctry_t": ("f8", (3,)),
+    "dev_seen": ("f4", (3,)), "ip_seen": ("f4", (3,)), "ctry_seen": ("f4", (3,)),
     "day": ("i4", ()), "day_plays": ("i4", ()), "day_bits": ("u8", (4,)),
     "win_blk": ("i4", ()), "win_ipbits": ("u8", (WIN_BLOCKS,)), "win_devbits": ("u8", (WIN_BLOCKS,)),
     "win_ctrybits": ("u8", (WIN_BLOCKS,)),
@@ -152,6 +160,17 @@ def _first_seen_scan(vals, times, a, h, out):
             if vals[s, j] == h[i] and times[s, j] < t:
                 t = times[s, j]
         out[i] = t
+
+
+@nb.njit
+def _touch_seen(vals, seen, a, h, hours):
+    """Last sighting (hours since the epoch) of value ``h[i]`` of account
+    ``a[i]`` among its recent values: ``seen[s, j] = max(seen[s, j], hours[i])``."""
+    for i in range(len(a)):
+        s = a[i]
+        for j in range(vals.shape[1]):
+            if vals[s, j] == h[i] and hours[i] > seen[s, j]:
+                seen[s, j] = hours[i]
 
 
 @nb.njit
@@ -321,6 +340,9 @@ class AccountFeatures:
         c["last_end"][la[newer]] = ts_s[last][newer]
         c["last_dev"][la[newer]] = dev_s[last][newer]
         c["last_ctry"][la[newer]] = ctry_s[last][newer]
+        # ---- IP / device fan-in (distinct accounts, today + yesterday)
+        ip_acc_ev = self._fanin(self.ips, self.ip_hll, batch.ip, a, ts, day)
+        dev_acc_ev = self._fanin(self.devices, self.dev_hll, batch.device_id, a, ts, day)
         # ---- new device / IP / country
         acct_age = ts - c["first_seen"][a]
         # per event: the hour's share of its account's histogram before this
@@ -332,19 +354,29 @@ class AccountFeatures:
         newdev &= known
         newip = self._novel(a, ipc, ts, "ip", "ip_t") & known
         newctry = self._novel(a, ctry, ts, "ctry", "ctry_t", flag="ctry_own") & known
-        # a device's provenance: one first seen from a new IP and a new
-        # country is a stranger's; one first seen at a known place is the
-        # owner's (a second phone used at home before a trip), and its plays
-        # abroad are not a new identity
+        # a device's provenance: one first seen from a new IP in a new
+        # country, or on a new IP no other account uses (not the home IP,
+        # not a carrier NAT), is a stranger's; one first seen at a known place
+        # is the owner's (a second phone used at home before a trip), and its
+        # plays elsewhere are not a new identity
+        lonely = ip_acc_ev <= LONELY_IP_ACCOUNTS
         if born.any():
-            _set_slot_flags(c["dev"], c["dev_odd"], a[born], dev[born], (newip & newctry)[born].astype(np.uint8))
+            _set_slot_flags(c["dev"], c["dev_odd"], a[born], dev[born],
+                            (newip & (newctry | lonely))[born].astype(np.uint8))
         dev_odd = np.zeros(n, np.uint8)
         _slot_flags(c["dev"], c["dev_odd"], a, dev, dev_odd)
         # a country where one of the owner's devices has played (a trip, a
         # VPN exit) is the owner's: a new device there is not a stranger
         ctry_own = np.zeros(n, np.uint8)
         _slot_flags(c["ctry"], c["ctry_own"], a, ctry, ctry_own)
-        newall = newdev & (dev_odd == 1) & newip & newctry & (ctry_own == 0)
+        stranger = newdev & (dev_odd == 1) & newip
+        abroad = stranger & newctry & (ctry_own == 0)
+        # in a country of the owner's: a stranger's device on an IP of its
+        # own gives its hours' surprise but not the count of its plays (no new
+        # country; an account with a thin history, whose home line shows up
+        # late beside a second phone, has no surprising hours)
+        at_home = stranger & ~newctry & lonely
+        newall = abroad | at_home
         vouch = (dev != 0) & (ctry != 0) & (dev_odd == 0)
         if vouch.any():
             _set_slot_flags(c["ctry"], c["ctry_own"], a[vouch], ctry[vouch], np.ones(int(vouch.sum()), np.uint8))
@@ -360,10 +392,7 @@ class AccountFeatures:
         add("newip", wd * newip)
         add("newctry", wd * newctry)
         add("oddhour", wd * newall * odd)
-        add("newall", wd * newall)
-        # ---- IP / device fan-in (distinct accounts, today + yesterday)
-        ip_acc_ev = self._fanin(self.ips, self.ip_hll, batch.ip, a, ts, day)
-        dev_acc_ev = self._fanin(self.devices, self.dev_hll, batch.device_id, a, ts, day)
+        add("newall", wd * abroad)
         # ---- features of touched accounts
         X = np.zeros((m, len(FEATURE_NAMES)))
         n12 = c["n12"][slots].astype(np.float64)
@@ -443,7 +472,8 @@ class AccountFeatures:
 
     def _novel(self, a, h, ts, key, tkey, births: bool = False, flag: str | None = None):
         """Per event: is value ``h`` of account ``a`` first seen < 24 h ago.
-        Inserts unseen values (3 most recent kept per account), clearing
+        Inserts unseen values (3 kept per account and kind: an unseen value
+        replaces the least recently seen one, ``<kind>_seen``), clearing
         their entry of the per-value flag column ``flag`` when given.
 
         Returns:
@@ -455,27 +485,30 @@ class AccountFeatures:
         inserted = np.zeros(len(a), bool)
         if not nz.any():
             return (nz, inserted) if births else nz
-        # one round-robin cursor per kind: a shared cursor let new IPs evict
-        # the account's own devices, which then came back as "new"
-        kind = {"dev": 0, "ip": 1, "ctry": 2}[key]
+        # an unseen value replaces the kind's least recently seen one: the
+        # home IP, seen every day, outlives three carrier NATs used now and
+        # then (a round-robin cursor evicted it, and it came back as "new")
+        last = c[key + "_seen"]
+        hours = (ts / HOUR).astype(np.float32)
         tfirst = np.empty(len(a))
         _first_seen_scan(c[key], c[tkey], a, h, tfirst)
         miss = np.isinf(tfirst) & nz
         if miss.any():
             pairs = dict.fromkeys(zip(a[miss].tolist(), h[miss].tolist(), ts[miss].tolist()))
-            seen = set()
+            done = set()
             for s, v, t in pairs:
-                if (s, v) in seen:
+                if (s, v) in done:
                     continue
-                seen.add((s, v))
-                j = int(c["rr"][s, kind]) % 3
+                done.add((s, v))
+                j = int(np.argmin(last[s]))
                 c[key][s, j] = v
                 c[tkey][s, j] = t
+                last[s, j] = np.float32(t / HOUR)
                 if flag is not None:
                     c[flag][s, j] = 0
-                c["rr"][s, kind] = (j + 1) % 3
             _first_seen_scan(c[key], c[tkey], a, h, tfirst)
             inserted = miss & (ts == tfirst)
+        _touch_seen(c[key], last, a[nz], h[nz], hours[nz])
         new = nz & (ts - tfirst < DAY)
         return (new, inserted) if births else new
 
