@@ -118,6 +118,24 @@ def test_clones_of_one_listener_do_not_play_in_lockstep(background):
     assert worst < 0.2, worst
 
 
+def test_an_l1_bot_plays_in_a_six_hour_run_whatever_its_start():
+    """A scenario instance lasts 6 h at least; L1 sleeps 6 h a day. The sleep
+    used to be drawn at any hour, so it could cover a whole 6-h run: seed 23's
+    lockstep L1 farm (12 bots on one shared timeline) played nothing."""
+    from stream.fraud.identities import IdentityPool
+    from stream.fraud.scenarios import Context
+
+    rng = np.random.default_rng(0)
+    ctx = Context(rng, ["a::b"], np.array([1.0]), np.full((1, 24), 1 / 24), IdentityPool(rng, 10))
+    hours = []
+    for start in range(48):
+        t0 = END + start * 1800.0
+        ts, ms = ctx.timeline(t0, t0 + 6 * 3600, "L1", lambda n: np.full(n, 200_000))
+        assert len(ts) > 20 and np.all((ts >= t0) & (ts < t0 + 6 * 3600)), start
+        hours.append(len(np.unique((ts // 3600).astype(int))))
+    assert min(hours) >= 5  # awake through the run (random pauses aside)
+
+
 def test_same_seed_same_stream(background):
     from stream.fraud.simulate import simulate
 

@@ -101,14 +101,18 @@ class Context:
         """Play end times and lengths (ms) of one bot between t0 and t1.
 
         ``ms_fn(n)`` draws n play lengths. L0 plays back to back around the
-        clock; L1 sleeps a random 6 h a day and pauses at random; L2 plays
-        sessions on a real hour-of-day profile (``hours`` overrides it).
+        clock; L1 sleeps 6 h a day (starting 6-18 h after ``t0``) and pauses
+        at random; L2 plays sessions on a real hour-of-day profile (``hours``
+        overrides it).
         """
         rng = self.rng
         prof = self.hour_profiles[rng.integers(len(self.hour_profiles))] if hours is None else hours
         out_t, out_ms = [], []
         t = t0 + rng.random() * 600
-        sleep0 = rng.integers(0, 24)
+        # L1's 6-h sleep starts 6-18 h into the run (and ends by 24 h): one
+        # drawn at any hour could cover the whole of a 6-h run (a lockstep
+        # farm of seed 23 then played nothing at all)
+        sleep0 = (int(t0 // 3600) + rng.integers(6, 19)) % 24
         while t < t1:
             h = int(t // 3600) % 24
             if level == "L1" and (h - sleep0) % 24 < 6:
