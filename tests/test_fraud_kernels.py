@@ -312,11 +312,11 @@ def test_novel_values_scan_matches_numpy_reference():
         ts = np.sort(t0 + step * 40_000 + rng.random(n) * 30_000)
         ref_cols = {k: v.copy() for k, v in f.accounts.cols_.items()}
         want = ref_novel(ref_cols, a, h, ts, "dev", "dev_t")
-        got = f._novel(a, h, ts, "dev", "dev_t")
+        got = f._novel(a, h, ts, "dev", "dev_t")[0]
         assert np.array_equal(got, want)
         for k in ("dev", "dev_t", "dev_seen"):
             assert np.array_equal(f.accounts.cols_[k], ref_cols[k])
-    assert not f._novel(a, np.zeros(n, np.uint32), ts, "ip", "ip_t").any()
+    assert not f._novel(a, np.zeros(n, np.uint32), ts, "ip", "ip_t")[0].any()
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.uint64])

@@ -150,50 +150,27 @@ def _crc(values, cache: dict | None = None) -> np.ndarray:
 
 
 @nb.njit
-def _first_seen_scan(vals, times, a, h, out):
-    """``out[i]``: first-seen time of value ``h[i]`` among account ``a[i]``'s
-    recent values (``vals``/``times`` (capacity, k)), ``inf`` when absent."""
+def _slot_index(vals, a, h, out):
+    """``out[i]``: the column where account ``a[i]`` keeps value ``h[i]``
+    among its recent values (``vals`` (capacity, k), values unique per row),
+    -1 when absent."""
     for i in range(len(a)):
         s = a[i]
-        t = np.inf
-        for j in range(vals.shape[1]):
-            if vals[s, j] == h[i] and times[s, j] < t:
-                t = times[s, j]
-        out[i] = t
-
-
-@nb.njit
-def _touch_seen(vals, seen, a, h, hours):
-    """Last sighting (hours since the epoch) of value ``h[i]`` of account
-    ``a[i]`` among its recent values: ``seen[s, j] = max(seen[s, j], hours[i])``."""
-    for i in range(len(a)):
-        s = a[i]
-        for j in range(vals.shape[1]):
-            if vals[s, j] == h[i] and hours[i] > seen[s, j]:
-                seen[s, j] = hours[i]
-
-
-@nb.njit
-def _slot_flags(vals, flags, a, h, out):
-    """``out[i]``: the flag of value ``h[i]`` among account ``a[i]``'s recent
-    values (``vals`` / ``flags`` (capacity, k)); 0 when absent."""
-    for i in range(len(a)):
-        s = a[i]
-        f = 0
+        out[i] = -1
         for j in range(vals.shape[1]):
             if vals[s, j] == h[i]:
-                f = flags[s, j]
-        out[i] = f
+                out[i] = j
+                break
 
 
 @nb.njit
-def _set_slot_flags(vals, flags, a, h, v):
-    """Set the flag of value ``h[i]`` of account ``a[i]`` to ``v[i]``."""
+def _touch_seen(seen, a, col, hours):
+    """``seen[a[i], col[i]] = max(seen[a[i], col[i]], hours[i])`` where
+    ``col[i] >= 0``: the last sighting (hours since the epoch) of a value."""
     for i in range(len(a)):
-        s = a[i]
-        for j in range(vals.shape[1]):
-            if vals[s, j] == h[i]:
-                flags[s, j] = v[i]
+        j = col[i]
+        if j >= 0 and hours[i] > seen[a[i], j]:
+            seen[a[i], j] = hours[i]
 
 
 class AccountFeatures:
@@ -349,26 +326,23 @@ class AccountFeatures:
         # batch (row sums per account)
         p_hour = (c["hour_hist"][a, hod] + 0.5) / (c["hour_hist"][slots].sum(axis=1)[inv] + 12.0)
         odd = np.maximum(0.0, -np.log(p_hour) - np.log(24.0))
-        newdev, born = self._novel(a, dev, ts, "dev", "dev_t", births=True, flag="dev_odd")
         known = acct_age > self.identity_age_s
+        newdev, born, dcol = self._novel(a, dev, ts, "dev", "dev_t", flag="dev_odd")
         newdev &= known
-        newip = self._novel(a, ipc, ts, "ip", "ip_t") & known
-        newctry = self._novel(a, ctry, ts, "ctry", "ctry_t", flag="ctry_own") & known
+        newip = self._novel(a, ipc, ts, "ip", "ip_t")[0] & known
+        newctry, _, ccol = self._novel(a, ctry, ts, "ctry", "ctry_t", flag="ctry_own")
+        newctry &= known
         # a device's provenance: one first seen from a new IP in a new
         # country, or on a new IP no other account uses (not the home IP,
         # not a carrier NAT), is a stranger's; one first seen at a known place
         # is the owner's (a second phone used at home before a trip), and its
         # plays elsewhere are not a new identity
         lonely = ip_acc_ev <= LONELY_IP_ACCOUNTS
-        if born.any():
-            _set_slot_flags(c["dev"], c["dev_odd"], a[born], dev[born],
-                            (newip & (newctry | lonely))[born].astype(np.uint8))
-        dev_odd = np.zeros(n, np.uint8)
-        _slot_flags(c["dev"], c["dev_odd"], a, dev, dev_odd)
+        c["dev_odd"][a[born], dcol[born]] = newip[born] & (newctry[born] | lonely[born])
+        dev_odd = np.where(dcol >= 0, c["dev_odd"][a, dcol], 0)
         # a country where one of the owner's devices has played (a trip, a
         # VPN exit) is the owner's: a new device there is not a stranger
-        ctry_own = np.zeros(n, np.uint8)
-        _slot_flags(c["ctry"], c["ctry_own"], a, ctry, ctry_own)
+        ctry_own = np.where(ccol >= 0, c["ctry_own"][a, ccol], 0)
         stranger = newdev & (dev_odd == 1) & newip
         abroad = stranger & newctry & (ctry_own == 0)
         # in a country of the owner's: a stranger's device on an IP of its
@@ -376,14 +350,13 @@ class AccountFeatures:
         # country; an account with a thin history, whose home line shows up
         # late beside a second phone, has no surprising hours)
         at_home = stranger & ~newctry & lonely
-        newall = abroad | at_home
-        vouch = (dev != 0) & (ctry != 0) & (dev_odd == 0)
-        if vouch.any():
-            _set_slot_flags(c["ctry"], c["ctry_own"], a[vouch], ctry[vouch], np.ones(int(vouch.sum()), np.uint8))
-        # plays from a new device + IP + country do not teach the account its
-        # hours: otherwise a hijacker's own night plays make the night
-        # "typical" within a few plays and the odd-hour evidence dies out
-        learn = ~newall
+        strange = abroad | at_home  # a stranger's play
+        vouch = (dev != 0) & (ccol >= 0) & (dev_odd == 0)
+        c["ctry_own"][a[vouch], ccol[vouch]] = 1
+        # a stranger's plays do not teach the account its hours: otherwise a
+        # hijacker's own night plays make the night "typical" within a few
+        # plays and the odd-hour evidence dies out
+        learn = ~strange
         if learn.all():
             scatter_add2(c["hour_hist"], a, hod, 1.0)
         else:
@@ -391,7 +364,7 @@ class AccountFeatures:
         add("newdev", wd * newdev)
         add("newip", wd * newip)
         add("newctry", wd * newctry)
-        add("oddhour", wd * newall * odd)
+        add("oddhour", wd * strange * odd)
         add("newall", wd * abroad)
         # ---- features of touched accounts
         X = np.zeros((m, len(FEATURE_NAMES)))
@@ -470,29 +443,33 @@ class AccountFeatures:
                 pos = word[sel] + (mix64(h[sel].astype(np.uint64)) & np.uint64(63)).astype(np.int64)
                 bitmap_set(c[name], a[sel], pos)
 
-    def _novel(self, a, h, ts, key, tkey, births: bool = False, flag: str | None = None):
+    def _novel(self, a, h, ts, key, tkey, flag: str | None = None):
         """Per event: is value ``h`` of account ``a`` first seen < 24 h ago.
+
         Inserts unseen values (3 kept per account and kind: an unseen value
         replaces the least recently seen one, ``<kind>_seen``), clearing
-        their entry of the per-value flag column ``flag`` when given.
+        their entry of the per-value flag column ``flag`` when given, and
+        records every sighting.
 
         Returns:
-            bool (n,); with ``births``, also bool (n,): the events that
-            inserted their value (its first sighting).
+            ``(new, inserted, col)``: bool (n,) first seen < 24 h ago; bool
+            (n,) the events that inserted their value (its first sighting);
+            int (n,) the column holding the event's value after the batch
+            (-1 for hash 0, a missing value, and for a value evicted again
+            within the batch).
         """
         c = self.accounts.cols_
         nz = h != 0
-        inserted = np.zeros(len(a), bool)
+        col = np.full(len(a), -1, np.int64)
         if not nz.any():
-            return (nz, inserted) if births else nz
+            return nz, nz.copy(), col
         # an unseen value replaces the kind's least recently seen one: the
         # home IP, seen every day, outlives three carrier NATs used now and
         # then (a round-robin cursor evicted it, and it came back as "new")
         last = c[key + "_seen"]
-        hours = (ts / HOUR).astype(np.float32)
-        tfirst = np.empty(len(a))
-        _first_seen_scan(c[key], c[tkey], a, h, tfirst)
-        miss = np.isinf(tfirst) & nz
+        _slot_index(c[key], a, h, col)
+        col[~nz] = -1
+        miss = (col < 0) & nz
         if miss.any():
             pairs = dict.fromkeys(zip(a[miss].tolist(), h[miss].tolist(), ts[miss].tolist()))
             done = set()
@@ -506,11 +483,13 @@ class AccountFeatures:
                 last[s, j] = np.float32(t / HOUR)
                 if flag is not None:
                     c[flag][s, j] = 0
-            _first_seen_scan(c[key], c[tkey], a, h, tfirst)
-            inserted = miss & (ts == tfirst)
-        _touch_seen(c[key], last, a[nz], h[nz], hours[nz])
-        new = nz & (ts - tfirst < DAY)
-        return (new, inserted) if births else new
+            _slot_index(c[key], a, h, col)
+            col[~nz] = -1
+        # a value inserted and evicted again within the batch is not
+        # remembered: new, like any value the account does not hold
+        tfirst = np.where(col >= 0, c[tkey][a, col], np.inf)
+        _touch_seen(last, a, col, (ts / HOUR).astype(np.float32))
+        return nz & (ts - tfirst < DAY), miss & (ts == tfirst), col
 
     def _fanin(self, table: SlotTable, hll: list[HLLBank], ids, a, ts, day) -> np.ndarray:
         """Update an IP / device table; per-event distinct accounts (today and
