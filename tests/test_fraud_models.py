@@ -304,9 +304,10 @@ def test_a_strangers_phone_on_its_own_line_at_night_at_home():
 
 
 def test_own_devices_stay_known_while_ips_churn():
-    """New IPs (mobile carriers, VPN exits) must not move the account's device
-    list cursor: each kind (device / IP / country) has its own round-robin
-    cursor. With one shared cursor, the first sighting of a second device could
+    """New IPs (mobile carriers, VPN exits) must not evict the account's
+    devices: each kind (device / IP / country) has its own 3 remembered values
+    (least recently seen replaced since session 8). With one shared round-robin
+    cursor (before session 3), the first sighting of a second device could
     overwrite the account's main phone, which then came back as "new" for a day
     (and with a VPN exit country, as a new identity at an odd hour)."""
     from stream.fraud.features_account import FEATURE_NAMES
