@@ -363,3 +363,42 @@ def test_coplays_on_long_known_tracks_get_an_allowance_new_tracks_do_not():
     assert max(co["co"][m.features.accounts.lookup(fans)]) > 0.5  # the fans did co-play
     assert max(seen[f] for f in fans) == 0.0
     assert min(seen[b] for b in bots) > 0.0
+
+
+def test_phones_rotating_over_the_same_few_ips_form_an_ip_set_group():
+    """A phone farm behind six IPs: every phone rotates over the same IPs, so
+    all share one daily IP set, and each alerts with ``ip_set_accounts`` among
+    its reasons. Listeners who share carrier NAT IPs but each have a home line
+    hold sets of their own (group size 1). Each phone plays human-like
+    volumes on its own device: no other term reaches the threshold."""
+    from stream.fraud.features_account import FEATURE_NAMES
+    col = FEATURE_NAMES.index("ip_set_accounts")
+    rng = np.random.default_rng(5)
+    farm_ips = [f"198.51.100.{k}" for k in range(1, 7)]
+    rows = []
+    for i in range(20):  # listeners: home line, and 2 of 3 shared carrier IPs
+        ts = np.sort(T0 + 86400 + rng.uniform(8 * 3600, 22 * 3600, 60))
+        ips = [f"10.0.{i}.1" if k % 3 else f"100.64.0.{1 + (k // 3) % 2 + (i % 2)}" for k in range(len(ts))]
+        rows += [dict(r, ip=ip) for r, ip in zip(_rows(f"user{i}", ts, [f"Artist{k % 40}::song {k}" for k in
+                                                                         rng.integers(0, 400, len(ts))],
+                                                       device_id=f"dev{i}", country="FR"), ips)]
+    for i in range(25):
+        ts = np.sort(T0 + 86400 + rng.uniform(9 * 3600, 21 * 3600, 80))
+        phone = _rows(f"phone{i}", ts, [f"Artist{k % 40}::song {k}" for k in rng.integers(0, 400, len(ts))],
+                      device_id=f"ph{i}", country="FR")
+        rows += [dict(r, ip=farm_ips[k]) for r, k in zip(phone, rng.integers(0, 6, len(ts)))]
+    m = AccountFraudModel(Settings())
+    alerts = _run(m, rows)
+    flagged = {a.entity_id: a for a in alerts if a.detector == "account_fraud"}
+    phones = {f"phone{i}" for i in range(25)}
+    assert len(set(flagged) & phones) >= 15
+    assert not set(flagged) - phones
+    assert all("ip_set_accounts" in flagged[p].reasons for p in set(flagged) & phones)
+    c = m.features.accounts
+    n = c.cols_["ipset_n"]
+    assert max(n[c.index_[f"user{i}"]] for i in range(20)) <= 2.0
+    assert min(n[c.index_[p]] for p in phones) >= 20.0
+    # the farm is no longer grouped the next day until the phones play again
+    slots, X, _ = m.features.update(PlayBatch.from_dicts(_rows("phone0", [T0 + 2 * 86400 + 60.0], ["A::b"],
+                                                              ip=farm_ips[0], device_id="ph0", country="FR")))
+    assert X[0, col] == 0.0

@@ -9,14 +9,14 @@ from stream.batch import PlayBatch
 from stream.config import Settings
 from stream.fraud.models import CatalogFraudModel
 from stream.fraud.sketches import stable_hash64
-from stream.fraud.trackset import TrackSetGroups, set_keys
+from stream.fraud.trackset import SetGroups, set_keys
 from stream.schemas import group_entity_id
 
 T0 = 1_700_000_000.0 // 86400 * 86400
 
 
 def _plays(accs, ts, tracks):
-    """Columns for TrackSetGroups.update: account rows 0..m-1, their hashes."""
+    """Columns for SetGroups.update: account rows 0..m-1, their hashes."""
     names = sorted(set(accs))
     row = {a: i for i, a in enumerate(names)}
     acc = np.array([row[a] for a in accs], np.int64)
@@ -37,7 +37,7 @@ def test_same_set_grows_a_group_different_sets_and_one_track_sets_do_not():
         ts += [T0 + 5000 + i, T0 + 5001 + i, T0 + 6000 + i]
         tracks += [f"album::{i}", f"album::{(i + 1) % 12}", "viral::hit"]
     acc, ah, t, th = _plays(accs, ts, tracks)
-    g = TrackSetGroups(k=4)
+    g = SetGroups(k=4)
     sig, sday = _fresh(acc.max() + 1)
     keys, size = g.update(sig, sday, acc, ah, t, th, np.ones(len(t), bool))
     names = sorted(set(accs))
@@ -66,10 +66,10 @@ def test_group_sizes_do_not_depend_on_the_batch_split_and_reset_each_day():
     order = np.argsort(t, kind="stable")
     acc, ah, t, th = acc[order], ah[order], t[order], th[order]
     ok = np.ones(len(t), bool)
-    g1 = TrackSetGroups()
+    g1 = SetGroups()
     s1, d1 = _fresh(12)
     _, whole = g1.update(s1, d1, acc, ah, t, th, ok)
-    g2 = TrackSetGroups()
+    g2 = SetGroups()
     s2, d2 = _fresh(12)
     parts = [g2.update(s2, d2, acc[o:o + 5], ah[o:o + 5], t[o:o + 5], th[o:o + 5], ok[o:o + 5])[1]
              for o in range(0, len(t), 5)]
@@ -93,7 +93,7 @@ def _sizes(accs, ts, tracks, step=None):
     acc, ah, t, th = _plays(accs, ts, tracks)
     o = np.argsort(t, kind="stable")
     acc, ah, t, th = acc[o], ah[o], t[o], th[o]
-    g = TrackSetGroups()
+    g = SetGroups()
     sig, sday = _fresh(acc.max() + 1)
     ok = np.ones(len(t), bool)
     step = step or len(t)
@@ -128,10 +128,10 @@ def test_rings_more_than_a_day_apart_are_not_merged():
 
 def test_bad_parameters_and_shapes_raise():
     with pytest.raises(ValueError):
-        TrackSetGroups(k=1)
+        SetGroups(k=1)
     with pytest.raises(ValueError):
-        TrackSetGroups(k=4, min_distinct=5)
-    g = TrackSetGroups(k=4)
+        SetGroups(k=4, min_distinct=5)
+    g = SetGroups(k=4)
     with pytest.raises(ValueError):
         g.update(np.zeros((3, 2), np.uint64), np.zeros(3, np.int32), np.zeros(1, np.int64),
                  np.ones(1, np.uint64), np.zeros(1), np.ones(1, np.uint64), np.ones(1, bool))

@@ -46,12 +46,20 @@ Account features (per touched account, after the batch):
 ``ip_accounts`` / ``device_accounts``  distinct accounts (HyperLogLog, today and
                             yesterday) of the IP / device of the account's
                             newest play in the batch
+``ip_set_accounts``         most accounts seen today sharing the account's set
+                            of 2+ IPs of the day (bottom-3 MinHash key,
+                            :class:`stream.fraud.trackset.SetGroups`, counted
+                            over the last 12-24 h): phones of a farm behind a
+                            few IPs all rotate over the same ones, while a
+                            listener's home line makes its set its own
 ==========================  ===================================================
 
 IP and device state lives here, keyed by hashed IP / device. With N workers,
 each worker sees only the accounts of its own ``plays`` partitions, so its
 HyperLogLog counts about 1/N of an IP's accounts (CONVENTIONS.md): the
-``ip_accounts`` thresholds must be read per worker.
+``ip_accounts`` thresholds must be read per worker, and so must the
+``ip_set_accounts`` groups (a farm of 27 phones on 8 partitions shows
+about 3 per worker).
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ import numpy as np
 
 from stream.batch import PlayBatch
 from stream.fraud.sketches import HLLBank, bitmap_set, linear_count, mix64
+from stream.fraud.trackset import SetGroups
 from stream.fraud.slots import (
     SlotTable,
     decay_add,
@@ -93,6 +102,8 @@ IDENTITY_AGE_S = 2 * 86400.0
 #: current block and the ``WIN_BLOCKS - 1`` before it (18-24 h).
 WIN_BLOCK_S = 6 * 3600.0
 WIN_BLOCKS = 4
+#: IPs per account-day IP-set sketch (sets of up to 3 IPs compare exactly).
+IPSET_K = 3
 
 #: Names of the feature columns returned by :meth:`AccountFeatures.update`.
 FEATURE_NAMES = (
@@ -100,6 +111,7 @@ FEATURE_NAMES = (
     "repeat_ratio", "gap_cv", "active_hours_24h", "hour_entropy", "new_device_plays",
     "new_ip_plays", "new_country_plays", "odd_hour_new_device", "new_identity_plays", "overlaps",
     "country_switches", "ip_accounts", "device_accounts", "ips_24h", "devices_24h", "countries_24h",
+    "ip_set_accounts",
 )
 
 _ACCOUNT_COLS = {
@@ -119,6 +131,8 @@ _ACCOUNT_COLS = {
     "win_ctrybits": ("u8", (WIN_BLOCKS,)),
     "last_ipslot": ("i8", ()), "last_devslot": ("i8", ()),
     "dev_odd": ("u1", (3,)), "ctry_own": ("u1", (3,)),
+    # IP set of the day (bottom-k sketch, its day) and its largest group today
+    "ipset_sig": ("u8", (IPSET_K,)), "ipset_day": ("i4", ()), "ipset_n": ("f4", ()),
 }
 _NET_COLS = {"day": ("i4", ()), "plays": ("f4", ()), "t_ref": ("f8", ())}
 
@@ -201,6 +215,7 @@ class AccountFeatures:
         self.ip_hll = [HLLBank(hll_p), HLLBank(hll_p)]  # by day parity
         self.dev_hll = [HLLBank(hll_p), HLLBank(hll_p)]
         self._hcache: dict = {None: 0, "": 0}
+        self.ipsets = SetGroups(k=IPSET_K)
 
     # ------------------------------------------------------------------ update
     def update(self, batch: PlayBatch) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -320,6 +335,7 @@ class AccountFeatures:
         # ---- IP / device fan-in (distinct accounts, today + yesterday)
         ip_acc_ev = self._fanin(self.ips, self.ip_hll, batch.ip, a, ts, day)
         dev_acc_ev = self._fanin(self.devices, self.dev_hll, batch.device_id, a, ts, day)
+        ipset_n = self._ip_sets(a, slots, inv, ts, ipc)
         # ---- new device / IP / country
         acct_age = ts - c["first_seen"][a]
         # per event: the hour's share of its account's histogram before this
@@ -403,6 +419,7 @@ class AccountFeatures:
         X[:, 18] = devmax
         for col, name in ((19, "win_ipbits"), (20, "win_devbits"), (21, "win_ctrybits")):
             X[:, col] = linear_count(np.bitwise_or.reduce(c[name][slots], axis=1)[:, None])
+        X[:, 22] = ipset_n
         return slots, X, {"event_slot": a, "inv": inv, "ip_accounts_event": ip_acc_ev}
 
     def _window_bits(self, a, slots, inv, ts, kinds) -> None:
@@ -442,6 +459,35 @@ class AccountFeatures:
             if sel.any():
                 pos = word[sel] + (mix64(h[sel].astype(np.uint64)) & np.uint64(63)).astype(np.int64)
                 bitmap_set(c[name], a[sel], pos)
+
+    def _ip_sets(self, a, slots, inv, ts, ipc) -> np.ndarray:
+        """Fold plays into the accounts' IP sets of the day; per touched
+        account (m,), the most accounts seen today holding its set of 2+ IPs
+        (1 for a set of its own, 0 with fewer than 2 IPs today).
+
+        Args:
+            a: int (n,) account slot of each play; ``slots`` (m,) the unique
+                slots and ``inv`` (n,) each play's index in them.
+            ts: float64 (n,) play end times (Unix s); ipc: uint32 (n,) IP
+                hashes (0: no IP, left out).
+        """
+        c = self.accounts.cols_
+        has = ipc != 0
+        day = (ts // DAY).astype(np.int64)
+        size = np.zeros(len(a), np.int64)
+        old_day = c["ipset_day"][slots].copy()
+        if has.any():
+            j = np.flatnonzero(has)
+            _, size[j] = self.ipsets.update(c["ipset_sig"], c["ipset_day"], a[j], self.accounts.hash_[a[j]],
+                                            ts[j], mix64(ipc[j].astype(np.uint64)), np.ones(len(j), bool))
+        # the largest group of the sketch's day (the account's newest; a
+        # late play of an older day leaves it as it was)
+        new_day = c["ipset_day"][slots]
+        gmax = np.zeros(len(slots))
+        scatter_max(gmax, inv, np.where(day == new_day[inv], size, 0).astype(np.float64))
+        out = np.where(old_day == new_day, np.maximum(c["ipset_n"][slots], gmax), gmax)
+        c["ipset_n"][slots] = out
+        return out
 
     def _novel(self, a, h, ts, key, tkey, flag: str | None = None):
         """Per event: is value ``h`` of account ``a`` first seen < 24 h ago.
@@ -539,7 +585,7 @@ class AccountFeatures:
     def nbytes(self) -> int:
         """Bytes held by account, IP and device state (with sketches)."""
         return (self.accounts.nbytes() + self.ips.nbytes() + self.devices.nbytes()
-                + sum(b.reg_.nbytes for b in self.ip_hll + self.dev_hll))
+                + sum(b.reg_.nbytes for b in self.ip_hll + self.dev_hll) + self.ipsets.nbytes())
 
     def state_dict(self) -> dict:
         """Snapshot (msgpack-able)."""
@@ -547,6 +593,7 @@ class AccountFeatures:
             "accounts": self.accounts.state_dict(), "ips": self.ips.state_dict(),
             "devices": self.devices.state_dict(),
             "ip_hll": [b.reg_ for b in self.ip_hll], "dev_hll": [b.reg_ for b in self.dev_hll],
+            "ipsets": self.ipsets.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -558,3 +605,5 @@ class AccountFeatures:
             b.reg_ = np.asarray(r, np.uint8).copy()
         for b, r in zip(self.dev_hll, state["dev_hll"]):
             b.reg_ = np.asarray(r, np.uint8).copy()
+        if "ipsets" in state:  # snapshots before session 9: the IP-set groups start empty
+            self.ipsets.load_state_dict(state["ipsets"])

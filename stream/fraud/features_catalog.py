@@ -46,7 +46,7 @@ from scipy.special import pdtrc
 from stream.batch import UNKNOWN_IDS, PlayBatch
 from stream.fraud.evidence import binom_llr
 from stream.fraud.sketches import HLLBank, RotatingCountMin, combine
-from stream.fraud.trackset import TrackSetGroups
+from stream.fraud.trackset import SetGroups
 from stream.fraud.slots import SlotTable, decay_add, group_index, scatter_add, scatter_max, scatter_min
 
 DAY = 86400.0
@@ -210,7 +210,7 @@ class CatalogFeatures:
         self.pair_artist = RotatingCountMin(cms_width, 2, k=2)
         self.coplay = RotatingCountMin(1 << 16, 2, k=4)
         self.coplay_acc = RotatingCountMin(1 << 17, 2, k=4)
-        self.trackset = TrackSetGroups(k=TRACKSET_K)
+        self.trackset = SetGroups(k=TRACKSET_K)
         self.t0_: float = 0.0
 
     def update(self, batch: PlayBatch) -> dict:

@@ -88,6 +88,12 @@ class FraudParams:
     devices_free: float = 3.0        # distinct devices in a day (phone, laptop, speaker)
     countries_free: float = 3.0      # home + VPN exits / a trip
     countries_weight: float = 6.0    # nats per distinct country beyond ``countries_free`` (benign max: 4)
+    # accounts sharing one set of 2+ IPs today (per worker): a household on
+    # home wifi and the same hotel is a few; a phone farm rotating over its
+    # few IPs is dozens (no benign account of the tuning streams shares its
+    # daily set of 2+ IPs with any other account; they hold no households)
+    ip_set_free: float = 5.0
+    ip_set_weight: float = 1.5       # nats per account beyond ``ip_set_free``
     hst_weight: float = 1.0          # weight of the calibrated HST term
     hst_free: float = 4.0            # -log10 tail probability of an HST score given for free
     # catalog stage
@@ -242,11 +248,13 @@ class AccountFraudModel:
             "ips_24h": p.ips_weight * np.maximum(F["ips_24h"] - p.ips_free, 0.0),
             "devices_24h": 3.0 * np.maximum(F["devices_24h"] - p.devices_free, 0.0),
             "countries_24h": p.countries_weight * np.maximum(F["countries_24h"] - p.countries_free, 0.0),
+            "ip_set_accounts": p.ip_set_weight * np.maximum(F["ip_set_accounts"] - p.ip_set_free, 0.0),
         }
 
     _TYPICAL = {"share_30_40": 0.015, "active_hours_24h": 5.0, "gap_cv": 1.0, "odd_hour_new_device": 0.0,
                 "country_switches": 0.0, "overlaps": 0.0, "ip_accounts": 2.0, "device_accounts": 1.0,
-                "plays_12h": 20.0, "ips_24h": 2.0, "devices_24h": 1.0, "countries_24h": 1.0}
+                "plays_12h": 20.0, "ips_24h": 2.0, "devices_24h": 1.0, "countries_24h": 1.0,
+                "ip_set_accounts": 1.0}
 
     def process(self, batch: PlayBatch) -> list[Alert]:
         """Update features, score touched accounts, return new alerts."""

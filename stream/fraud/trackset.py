@@ -1,4 +1,6 @@
-"""Groups of accounts holding the same set of new tracks (playlist stuffing).
+"""Groups of accounts holding the same set of items today: new tracks
+(playlist stuffing, the catalog stage) or IPs (a phone farm behind a few
+IPs, the account stage).
 
 A stuffed playlist spreads a few target tracks over many bot accounts, each
 playing each target only a couple of times, so no bot is a heavy listener and
@@ -111,7 +113,7 @@ def _keys_kernel(sig, min_distinct, out):
 
 def set_keys(sig: np.ndarray, min_distinct: int) -> np.ndarray:
     """Set key of each sketch row (uint64 (m,); 0 under ``min_distinct``
-    tracks), the key :meth:`TrackSetGroups.update` gives after a play.
+    tracks), the key :meth:`SetGroups.update` gives after a play.
 
     Args:
         sig: uint64 (m, k) bottom-k sketches (ascending, 0 = empty).
@@ -130,9 +132,9 @@ def _arrivals_before(cells: np.ndarray, ts: np.ndarray, arrivals: np.ndarray) ->
     return f(cells, ts, arrivals)
 
 
-class TrackSetGroups:
-    """Distinct accounts per new-track set over the last 12-24 h (see module
-    docstring).
+class SetGroups:
+    """Distinct accounts per item set (new tracks, IPs) over the last 12-24 h
+    (see module docstring; the text speaks of tracks, any item hash works).
 
     Args:
         k: tracks per bottom-k sketch (sets of up to ``k`` tracks compare
