@@ -402,3 +402,35 @@ def test_phones_rotating_over_the_same_few_ips_form_an_ip_set_group():
     slots, X, _ = m.features.update(PlayBatch.from_dicts(_rows("phone0", [T0 + 2 * 86400 + 60.0], ["A::b"],
                                                               ip=farm_ips[0], device_id="ph0", country="FR")))
     assert X[0, col] == 0.0
+
+
+def test_a_residential_proxy_rotation_takes_new_lonely_ips_a_listener_does_not():
+    """A new account handed a fresh IP of its own every 20 plays (a
+    residential-proxy rotation) alerts on ``new_lonely_ips`` on its first
+    day; a new listener on its home line and carrier NAT IPs shared with other
+    accounts takes one IP of its own (home) and stays quiet. Plays that share
+    one time stamp (the real exports' minute resolution) take an IP in once."""
+    from stream.fraud.features_account import FEATURE_NAMES
+    col = FEATURE_NAMES.index("new_lonely_ips")
+    rng = np.random.default_rng(9)
+    t = T0 + 86400 + 8 * 3600 + np.arange(0, 8 * 3600, 240.0)  # 120 plays over 8 h
+    tracks = [f"Artist{k % 40}::song {k}" for k in rng.integers(0, 400, len(t))]
+    rows = []
+    for k in range(8):  # other accounts on the carrier NATs
+        rows += _rows(f"mobile{k}", t[::6] + k, tracks[::6], ip=f"100.64.0.{k % 3 + 1}", device_id=f"m{k}",
+                      country="FR")
+    rows += [dict(r, ip=f"100.64.0.{k % 3 + 1}" if k % 4 == 0 else "10.9.9.9")
+             for k, r in enumerate(_rows("listener", t, tracks, device_id="lp", country="FR"))]
+    rows += [dict(r, ip=f"198.18.{k // 20}.{k % 7 + 1}")
+             for k, r in enumerate(_rows("proxied", t + 1, tracks, device_id="pp", country="FR"))]
+    m = AccountFraudModel(Settings())
+    alerts = _run(m, rows, size=50)
+    flagged = {a.entity_id: a for a in alerts if a.detector == "account_fraud"}
+    assert set(flagged) == {"proxied"} and "new_lonely_ips" in flagged["proxied"].reasons
+    c = m.features.accounts
+    assert c.cols_["newlonely"][c.index_["listener"]] <= 1.0
+    # ten plays at one time stamp on a new line of its own: one IP taken in
+    f = m.features
+    slots, X, _ = f.update(PlayBatch.from_dicts(_rows("listener", [t[-1] + 600.0] * 10, tracks[:10],
+                                                       ip="10.8.8.8", device_id="lp", country="FR")))
+    assert X[0, col] <= c.cols_["newlonely"][c.index_["listener"]] <= 2.0

@@ -52,6 +52,10 @@ Account features (per touched account, after the batch):
                             over the last 12-24 h): phones of a farm behind a
                             few IPs all rotate over the same ones, while a
                             listener's home line makes its set its own
+``new_lonely_ips``          IPs the account took into its memory (first
+                            sighting, or back after eviction) that no other
+                            account used today or yesterday, at any account
+                            age, tau 12 h: a residential-proxy rotation
 ==========================  ===================================================
 
 IP and device state lives here, keyed by hashed IP / device. With N workers,
@@ -111,7 +115,7 @@ FEATURE_NAMES = (
     "repeat_ratio", "gap_cv", "active_hours_24h", "hour_entropy", "new_device_plays",
     "new_ip_plays", "new_country_plays", "odd_hour_new_device", "new_identity_plays", "overlaps",
     "country_switches", "ip_accounts", "device_accounts", "ips_24h", "devices_24h", "countries_24h",
-    "ip_set_accounts",
+    "ip_set_accounts", "new_lonely_ips",
 )
 
 _ACCOUNT_COLS = {
@@ -133,6 +137,7 @@ _ACCOUNT_COLS = {
     "dev_odd": ("u1", (3,)), "ctry_own": ("u1", (3,)),
     # IP set of the day (bottom-k sketch, its day) and its largest group today
     "ipset_sig": ("u8", (IPSET_K,)), "ipset_day": ("i4", ()), "ipset_n": ("f4", ()),
+    "newlonely": ("f4", ()),
 }
 _NET_COLS = {"day": ("i4", ()), "plays": ("f4", ()), "t_ref": ("f8", ())}
 
@@ -345,7 +350,8 @@ class AccountFeatures:
         known = acct_age > self.identity_age_s
         newdev, born, dcol = self._novel(a, dev, ts, "dev", "dev_t", flag="dev_odd")
         newdev &= known
-        newip = self._novel(a, ipc, ts, "ip", "ip_t")[0] & known
+        newip_any, ip_born, _ = self._novel(a, ipc, ts, "ip", "ip_t")
+        newip = newip_any & known
         newctry, _, ccol = self._novel(a, ctry, ts, "ctry", "ctry_t", flag="ctry_own")
         newctry &= known
         # a device's provenance: one first seen from a new IP in a new
@@ -382,6 +388,11 @@ class AccountFeatures:
         add("newctry", wd * newctry)
         add("oddhour", wd * strange * odd)
         add("newall", wd * abroad)
+        # IPs the account takes into its memory that no other account uses,
+        # at any account age: a residential-proxy rotation hands a bot a fresh
+        # line every few dozen plays; a listener's lines are its home (once)
+        # and a hotel or friend's line now and then (carrier NATs are shared)
+        add("newlonely", wd * (ip_born & lonely))
         # ---- features of touched accounts
         X = np.zeros((m, len(FEATURE_NAMES)))
         n12 = c["n12"][slots].astype(np.float64)
@@ -420,6 +431,7 @@ class AccountFeatures:
         for col, name in ((19, "win_ipbits"), (20, "win_devbits"), (21, "win_ctrybits")):
             X[:, col] = linear_count(np.bitwise_or.reduce(c[name][slots], axis=1)[:, None])
         X[:, 22] = ipset_n
+        X[:, 23] = c["newlonely"][slots]
         return slots, X, {"event_slot": a, "inv": inv, "ip_accounts_event": ip_acc_ev}
 
     def _window_bits(self, a, slots, inv, ts, kinds) -> None:
@@ -499,7 +511,8 @@ class AccountFeatures:
 
         Returns:
             ``(new, inserted, col)``: bool (n,) first seen < 24 h ago; bool
-            (n,) the events that inserted their value (its first sighting);
+            (n,) the event that inserted its value (its first sighting; one
+            per account and value when several plays share its time stamp);
             int (n,) the column holding the event's value after the batch
             (-1 for hash 0, a missing value, and for a value evicted again
             within the batch).
@@ -535,7 +548,13 @@ class AccountFeatures:
         # remembered: new, like any value the account does not hold
         tfirst = np.where(col >= 0, c[tkey][a, col], np.inf)
         _touch_seen(last, a, col, (ts / HOUR).astype(np.float32))
-        return nz & (ts - tfirst < DAY), miss & (ts == tfirst), col
+        inserted = miss & (ts == tfirst)
+        j = np.flatnonzero(inserted)
+        if len(j) > 1:  # one per (account, value): plays can share a time stamp
+            pair = a[j].astype(np.uint64) << np.uint64(32) | h[j].astype(np.uint64)
+            inserted[j] = False
+            inserted[j[np.unique(pair, return_index=True)[1]]] = True
+        return nz & (ts - tfirst < DAY), inserted, col
 
     def _fanin(self, table: SlotTable, hll: list[HLLBank], ids, a, ts, day) -> np.ndarray:
         """Update an IP / device table; per-event distinct accounts (today and

@@ -94,6 +94,8 @@ class FraudParams:
     # daily set of 2+ IPs with any other account; they hold no households)
     ip_set_free: float = 5.0
     ip_set_weight: float = 1.5       # nats per account beyond ``ip_set_free``
+    lonely_ips_free: float = 2.0     # new IPs of its own an account may take in a day (home, a hotel)
+    lonely_ips_weight: float = 3.0   # nats per new IP of its own beyond ``lonely_ips_free``
     hst_weight: float = 1.0          # weight of the calibrated HST term
     hst_free: float = 4.0            # -log10 tail probability of an HST score given for free
     # catalog stage
@@ -249,12 +251,13 @@ class AccountFraudModel:
             "devices_24h": 3.0 * np.maximum(F["devices_24h"] - p.devices_free, 0.0),
             "countries_24h": p.countries_weight * np.maximum(F["countries_24h"] - p.countries_free, 0.0),
             "ip_set_accounts": p.ip_set_weight * np.maximum(F["ip_set_accounts"] - p.ip_set_free, 0.0),
+            "new_lonely_ips": p.lonely_ips_weight * np.maximum(F["new_lonely_ips"] - p.lonely_ips_free, 0.0),
         }
 
     _TYPICAL = {"share_30_40": 0.015, "active_hours_24h": 5.0, "gap_cv": 1.0, "odd_hour_new_device": 0.0,
                 "country_switches": 0.0, "overlaps": 0.0, "ip_accounts": 2.0, "device_accounts": 1.0,
                 "plays_12h": 20.0, "ips_24h": 2.0, "devices_24h": 1.0, "countries_24h": 1.0,
-                "ip_set_accounts": 1.0}
+                "ip_set_accounts": 1.0, "new_lonely_ips": 0.5}
 
     def process(self, batch: PlayBatch) -> list[Alert]:
         """Update features, score touched accounts, return new alerts."""
