@@ -99,7 +99,10 @@ class FraudParams:
     hst_weight: float = 1.0          # weight of the calibrated HST term
     hst_free: float = 4.0            # -log10 tail probability of an HST score given for free
     # catalog stage
-    p_heavy: float = 0.1             # benign share of heavy listeners of a track / artist
+    # benign share of heavy listeners (3+ plays today) of a track / artist: a
+    # viral hit's crowd replays it, 1-3 plays each, and about a fifth of its
+    # listeners are heavy on some day (0.1 flagged 5 of 269 of them on seed 29)
+    p_heavy: float = 0.15
     min_heavy: int = 3               # heavy listeners before concentration counts
     heavy_full: float = 10.0         # heavy listeners for full concentration evidence
     own_plays_full: float = 2.0      # x the heavy limit: an account's own plays for its full share
