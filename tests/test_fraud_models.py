@@ -434,3 +434,29 @@ def test_a_residential_proxy_rotation_takes_new_lonely_ips_a_listener_does_not()
     slots, X, _ = f.update(PlayBatch.from_dicts(_rows("listener", [t[-1] + 600.0] * 10, tracks[:10],
                                                        ip="10.8.8.8", device_id="lp", country="FR")))
     assert X[0, col] <= c.cols_["newlonely"][c.index_["listener"]] <= 2.0
+
+
+def test_a_strangers_phone_keeps_its_provenance_after_its_first_day():
+    """A hijacker in the victim's own country: a phone first seen at noon on
+    a new line of its own (a stranger's, but the hour is the owner's, so no
+    evidence), back 39 h later at 03:00 for an hour on another new line of
+    its own. The phone is older than a day, and its night plays still count:
+    the account alerts on ``odd_hour_new_device`` (until session 9 only a
+    device's first 24 h did). Back on its first line (known to the account)
+    the same night adds nothing."""
+    found = {}
+    for case, night_ip in (("new line", "198.51.100.2"), ("first line", "198.51.100.1")):
+        m = AccountFraudModel(Settings())
+        rows = _daytime_listener(np.random.default_rng(4), days=6)
+        noon = T0 + 4 * 86400 + 12 * 3600 + np.arange(0, 1800, 215.0)
+        night = T0 + 6 * 86400 + 3 * 3600 + np.arange(0, 3600, 215.0)
+        rows += _rows("owner", noon, ["Stolen::x"] * len(noon), ip="198.51.100.1", device_id="burner", country="FR")
+        before = _account_alerts(_run(m, rows, size=5))
+        after = _account_alerts(_run(m, _rows("owner", night, ["Stolen::x"] * len(night), ip=night_ip,
+                                                device_id="burner", country="FR"), size=5))
+        c = m.features.accounts
+        found[case] = (before, after, float(c.cols_["oddhour"][c.index_["owner"]]))
+    before, after, odd = found["new line"]
+    assert not before and len(after) == 1 and "odd_hour_new_device" in after[0].reasons
+    before, after, odd_known = found["first line"]
+    assert not before and not after and odd_known < 1.0 < odd

@@ -23,8 +23,9 @@ Account features (per touched account, after the batch):
 ``new_device_plays``        plays from a device first seen < 24 h ago on an
                             account older than 2 days (tau 12 h)
 ``new_ip_plays``            same for IPs; ``new_country_plays`` for countries
-``odd_hour_new_device``     sum over plays from a stranger's device (below) of
-                            the hour's surprise ``max(0, -ln p(hour) - ln 24)``
+``odd_hour_new_device``     sum over plays from a stranger's device (below; at
+                            any age of the device, on an IP new to the account)
+                            of the hour's surprise ``max(0, -ln p(hour) - ln 24)``
 ``new_identity_plays``      plays from a new identity abroad: a stranger's
                             device (first seen from a new IP in a new country,
                             or on a new IP no other account uses; a device
@@ -365,7 +366,11 @@ class AccountFeatures:
         # a country where one of the owner's devices has played (a trip, a
         # VPN exit) is the owner's: a new device there is not a stranger
         ctry_own = np.where(ccol >= 0, c["ctry_own"][a, ccol], 0)
-        stranger = newdev & (dev_odd == 1) & newip
+        # a stranger's device stays a stranger's after its first day: an L2
+        # hijacker keeps one phone over several nights on a new line each
+        # night, and each night's new IP brings the odd-hour evidence back
+        # (it counted only while the device was < 24 h old until session 9)
+        stranger = known & (dev_odd == 1) & newip
         abroad = stranger & newctry & (ctry_own == 0)
         # in a country of the owner's: a stranger's device on an IP of its
         # own gives its hours' surprise but not the count of its plays (no new
