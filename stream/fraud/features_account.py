@@ -77,7 +77,6 @@ import numpy as np
 
 from stream.batch import PlayBatch
 from stream.fraud.sketches import HLLBank, bitmap_set, linear_count, mix64
-from stream.fraud.trackset import SetGroups
 from stream.fraud.slots import (
     SlotTable,
     decay_add,
@@ -87,6 +86,7 @@ from stream.fraud.slots import (
     scatter_max2,
     scatter_min,
 )
+from stream.fraud.trackset import SetGroups
 
 HOUR = 3600.0
 DAY = 86400.0
