@@ -534,13 +534,13 @@ class AccountFeatures:
         _slot_index(c[key], a, h, col)
         col[~nz] = -1
         miss = (col < 0) & nz
+        first: dict = {}  # (account, value) -> its first play in the batch
         if miss.any():
-            pairs = dict.fromkeys(zip(a[miss].tolist(), h[miss].tolist(), ts[miss].tolist()))
-            done = set()
-            for s, v, t in pairs:
-                if (s, v) in done:
-                    continue
-                done.add((s, v))
+            idx = np.flatnonzero(miss)
+            for i, s, v in zip(idx.tolist(), a[idx].tolist(), h[idx].tolist()):
+                first.setdefault((s, v), i)
+            for (s, v), i in first.items():
+                t = float(ts[i])
                 j = int(np.argmin(last[s]))
                 c[key][s, j] = v
                 c[tkey][s, j] = t
@@ -553,12 +553,12 @@ class AccountFeatures:
         # remembered: new, like any value the account does not hold
         tfirst = np.where(col >= 0, c[tkey][a, col], np.inf)
         _touch_seen(last, a, col, (ts / HOUR).astype(np.float32))
-        inserted = miss & (ts == tfirst)
-        j = np.flatnonzero(inserted)
-        if len(j) > 1:  # one per (account, value): plays can share a time stamp
-            pair = a[j].astype(np.uint64) << np.uint64(32) | h[j].astype(np.uint64)
-            inserted[j] = False
-            inserted[j[np.unique(pair, return_index=True)[1]]] = True
+        # one insertion per (account, value), however many plays share its
+        # first time stamp (the real exports have minute resolution)
+        inserted = np.zeros(len(a), bool)
+        if first:
+            fi = np.fromiter(first.values(), np.int64, len(first))
+            inserted[fi] = col[fi] >= 0
         return nz & (ts - tfirst < DAY), inserted, col
 
     def _fanin(self, table: SlotTable, hll: list[HLLBank], ids, a, ts, day) -> np.ndarray:
