@@ -341,7 +341,7 @@ class AccountFeatures:
         # ---- IP / device fan-in (distinct accounts, today + yesterday)
         ip_acc_ev = self._fanin(self.ips, self.ip_hll, batch.ip, a, ts, day)
         dev_acc_ev = self._fanin(self.devices, self.dev_hll, batch.device_id, a, ts, day)
-        ipset_n = self._ip_sets(a, slots, inv, ts, ipc)
+        ipset_n = self._ip_sets(a, slots, inv, ts, day, ipc)
         # ---- new device / IP / country
         acct_age = ts - c["first_seen"][a]
         # per event: the hour's share of its account's histogram before this
@@ -477,7 +477,7 @@ class AccountFeatures:
                 pos = word[sel] + (mix64(h[sel].astype(np.uint64)) & np.uint64(63)).astype(np.int64)
                 bitmap_set(c[name], a[sel], pos)
 
-    def _ip_sets(self, a, slots, inv, ts, ipc) -> np.ndarray:
+    def _ip_sets(self, a, slots, inv, ts, day, ipc) -> np.ndarray:
         """Fold plays into the accounts' IP sets of the day; per touched
         account (m,), the most accounts seen today holding its set of 2+ IPs
         (1 for a set of its own, 0 with fewer than 2 IPs today).
@@ -485,12 +485,11 @@ class AccountFeatures:
         Args:
             a: int (n,) account slot of each play; ``slots`` (m,) the unique
                 slots and ``inv`` (n,) each play's index in them.
-            ts: float64 (n,) play end times (Unix s); ipc: uint32 (n,) IP
-                hashes (0: no IP, left out).
+            ts: float64 (n,) play end times (Unix s); day: int (n,) their
+                UTC days; ipc: uint32 (n,) IP hashes (0: no IP, left out).
         """
         c = self.accounts.cols_
         has = ipc != 0
-        day = (ts // DAY).astype(np.int64)
         size = np.zeros(len(a), np.int64)
         old_day = c["ipset_day"][slots].copy()
         if has.any():
