@@ -136,6 +136,28 @@ def test_an_l1_bot_plays_in_a_six_hour_run_whatever_its_start():
     assert min(hours) >= 5  # awake through the run (random pauses aside)
 
 
+def test_stuffed_playlist_targets_are_l2_payload_share():
+    """L2 bots carry 50-90 % popular filler (issue 11), so the stuffed
+    targets are 10-50 % of an L2 bot's plays; until session 10 they kept their
+    3-in-33 share of the playlist, diluted to 4-5 % by outside filler. L0 and
+    L1 loop the playlist in its order."""
+    from stream.fraud.identities import IdentityPool
+    from stream.fraud.scenarios import Context, generate
+
+    rng = np.random.default_rng(3)
+    popular = [f"pop{i}::song {i}" for i in range(200)]
+    ctx = Context(rng, popular, np.full(200, 1 / 200), np.full((1, 24), 1 / 24), IdentityPool(rng, 50))
+    shares = {}
+    for level in ("L0", "L2"):
+        pl = generate("playlist_stuffing", level, ctx, END, END + 2 * 86400, 10)
+        acc = np.asarray(pl.account)
+        target = np.array([":stuffed" in t.replace("::", ":") for t in pl.track])
+        shares[level] = [target[acc == a].mean() for a in np.unique(acc)]
+    assert all(abs(s - 3 / 33) < 0.01 for s in shares["L0"])
+    assert 0.08 <= min(shares["L2"]) and max(shares["L2"]) <= 0.55
+    assert np.mean(shares["L2"]) > 0.2  # about 30 % on average, not 4-5 %
+
+
 def test_same_seed_same_stream(background):
     from stream.fraud.simulate import simulate
 

@@ -18,7 +18,8 @@ Scenarios (grounded in the public cases quoted in issue 11):
 ``click_farm``      many phones behind 1-6 IPs;
 ``vpn_geo``         VPN exits hopping between countries;
 ``hijack``          real (background) accounts with new night plays from a new device, IP and country;
-``playlist_stuffing``  a loop of a 30-track popular playlist with 3 target tracks;
+``playlist_stuffing``  a loop of a 30-track popular playlist with 3 target tracks (at
+                    L2 the targets are 10-50 % of plays, the playlist shuffled);
 ``payout_gaming``   many tracks each played just past 30 s;
 ``long_farm``       a boost-and-loop farm already active when the window opens.
 
@@ -283,19 +284,27 @@ def generate(name: str, level: str, ctx: Context, t0: float, t1: float, k: int,
                            dev, new_c)
     elif name == "playlist_stuffing":
         targets = [f"{tag}_artist::stuffed {i}" for i in range(3)]
-        playlist = ctx.filler(30) + targets
+        popular = ctx.filler(30)
+        playlist = popular + targets
         for acc, home in _bots(ctx, k):
             ts, ms = ctx.timeline(t0, t1, level, _ms_full(rng))
             n = len(ts)
-            if level == "L0":
+            if level != "L2":  # the playlist in its order, over and over
                 tracks = [playlist[i % len(playlist)] for i in range(n)]
             else:
-                order = rng.permutation(len(playlist)) if level == "L2" else np.arange(len(playlist))
-                tracks = [playlist[order[i % len(playlist)]] for i in range(n)]
-                if level == "L2":
-                    extra = rng.random(n) < rng.uniform(0.3, 0.6)
-                    fill = ctx.filler(n)
-                    tracks = [f if e else t for t, f, e in zip(tracks, fill, extra)]
+                # the targets at L2's payload share (10-50 %, as every other
+                # scenario's payload); the rest is the playlist's popular
+                # tracks in a shuffled order and popular filler from outside
+                # it. Until session 10 the targets kept their 3-in-33 share of
+                # the playlist and outside filler diluted it to 4-5 % of plays
+                share = 1.0 - rng.uniform(0.5, 0.9)
+                is_target = rng.random(n) < share
+                outside = rng.random(n) < rng.uniform(0.3, 0.6)
+                order = rng.permutation(len(popular))
+                pick = rng.integers(0, len(targets), n)
+                fill = ctx.filler(n)
+                tracks = [targets[pick[i]] if is_target[i] else fill[i] if outside[i]
+                          else popular[order[i % len(popular)]] for i in range(n)]
             out.extend(acc, ts, tracks, ms, *_net(ctx, level, n, shared, home))
     return out
 
