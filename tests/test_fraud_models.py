@@ -6,6 +6,7 @@ import pytest
 from detectors.serialize import dumps, loads
 from stream.batch import PlayBatch
 from stream.config import Settings
+from stream.fraud.features_account import FEATURE_NAMES
 from stream.fraud.models import AccountFraudModel, CatalogFraudModel
 from stream.fraud.sketches import CountMin, RotatingCountMin, linear_count, mix64
 from stream.fraud.slots import SlotTable
@@ -94,6 +95,27 @@ def test_catalog_snapshot_roundtrip_and_entity_counts():
     assert m2.entity_counts()["account"] == 10 and m2.entity_counts()["track"] > 50
 
 
+def test_account_snapshot_from_another_feature_set_restores_and_scores():
+    """A worker upgraded to a version with another account feature set
+    restores the old snapshot's counters; its HalfSpaceTrees, grown on the
+    old columns, start afresh instead of raising on every batch."""
+    rows = sorted(_background(n_acc=10, days=2), key=lambda r: r["ts"])
+    old = AccountFraudModel(Settings())
+    old.process(PlayBatch.from_dicts(rows[:600]))
+    state = old.state_dict()
+    narrow = AccountFraudModel._make_hst()  # trees grown on one column fewer
+    Z = old._hst_input(np.random.default_rng(0).random((400, len(FEATURE_NAMES) - 1)))
+    narrow.learn_many(Z)
+    state["hst"] = narrow.state_dict()
+    m = AccountFraudModel(Settings())
+    m.load_state_dict(loads(dumps(state)))
+    assert m.hst_n_ == 0 and m.features.accounts.index_ == old.features.accounts.index_
+    m.process(PlayBatch.from_dicts(rows[600:]))
+    assert m.hst.n_features_in_ == len(FEATURE_NAMES)
+    with pytest.raises(ValueError):  # what the old trees did with these columns
+        narrow.score_many(old._hst_input(np.zeros((1, len(FEATURE_NAMES)))))
+
+
 def test_state_expires_after_inactivity():
     t = SlotTable({"n": ("f4", ())}, ttl_s=100)
     s = t.lookup(["a", "b"])
@@ -174,7 +196,6 @@ def test_distinct_new_cold_artists_flag_a_thin_spread_farm_not_an_album_listener
 
 
 def test_odd_hour_evidence_of_a_new_identity_does_not_fade_with_its_own_plays():
-    from stream.fraud.features_account import FEATURE_NAMES
     rng = np.random.default_rng(3)
     rows = []
     for d in range(4):  # daytime listener (9:00-18:00 UTC) on one phone at home
@@ -235,7 +256,6 @@ def test_a_device_first_seen_at_home_is_the_owners_abroad():
     """A second phone first used at home, then taken on a trip (new IP and
     country, at night by the home clock), is not a new identity; a phone
     first seen from a new IP and country is, whatever it does next."""
-    from stream.fraud.features_account import FEATURE_NAMES
     col = FEATURE_NAMES.index("new_identity_plays")
     night = T0 + 4 * 86400 + 2 * 3600 + np.arange(0, 3 * 3600, 215.0)
     got = {}
@@ -258,7 +278,6 @@ def test_the_home_ip_outlives_carrier_ips_in_the_accounts_memory():
     recently seen one. A home line used between mobile sessions on three
     carrier NATs stays known (a round-robin cursor evicted it every day, and
     it came back as a new IP)."""
-    from stream.fraud.features_account import FEATURE_NAMES
     col = FEATURE_NAMES.index("new_ip_plays")
     m = AccountFraudModel(Settings())
     t = T0
@@ -310,7 +329,6 @@ def test_own_devices_stay_known_while_ips_churn():
     cursor (before session 3), the first sighting of a second device could
     overwrite the account's main phone, which then came back as "new" for a day
     (and with a VPN exit country, as a new identity at an odd hour)."""
-    from stream.fraud.features_account import FEATURE_NAMES
     ips = ["10.0.0.1", "100.64.0.1", "100.64.0.2", "100.64.0.3", "185.1.1.1"]
     for extra in range(3):  # shift the IP churn so a shared cursor hits every slot
         m = AccountFraudModel(Settings())
@@ -371,7 +389,6 @@ def test_phones_rotating_over_the_same_few_ips_form_an_ip_set_group():
     its reasons. Listeners who share carrier NAT IPs but each have a home line
     hold sets of their own (group size 1). Each phone plays human-like
     volumes on its own device: no other term reaches the threshold."""
-    from stream.fraud.features_account import FEATURE_NAMES
     col = FEATURE_NAMES.index("ip_set_accounts")
     rng = np.random.default_rng(5)
     farm_ips = [f"198.51.100.{k}" for k in range(1, 7)]
@@ -410,7 +427,6 @@ def test_a_residential_proxy_rotation_takes_new_lonely_ips_a_listener_does_not()
     day; a new listener on its home line and carrier NAT IPs shared with other
     accounts takes one IP of its own (home) and stays quiet. Plays that share
     one time stamp (the real exports' minute resolution) take an IP in once."""
-    from stream.fraud.features_account import FEATURE_NAMES
     col = FEATURE_NAMES.index("new_lonely_ips")
     rng = np.random.default_rng(9)
     t = T0 + 86400 + 8 * 3600 + np.arange(0, 8 * 3600, 240.0)  # 120 plays over 8 h
@@ -460,3 +476,45 @@ def test_a_strangers_phone_keeps_its_provenance_after_its_first_day():
     assert not before and len(after) == 1 and "odd_hour_new_device" in after[0].reasons
     before, after, odd_known = found["first line"]
     assert not before and not after and odd_known < 1.0 < odd
+
+
+def test_a_vpn_hopper_takes_in_a_new_country_every_hop_a_toggler_and_a_traveller_do_not():
+    """Three new accounts play daytime hours for 5 days on one phone. The
+    hopper moves to another VPN exit country every 12 h (2 countries a day, so
+    ``countries_24h`` stays within its allowance) and alerts on
+    ``new_countries_7d``; the toggler switches between home and two favourite
+    exits every 2 h, and the traveller spends days 2-5 abroad: their countries
+    stay in the account's 3-country memory and neither alerts. A country
+    that flips on the home IP (geo-IP data) is not taken in."""
+    rng = np.random.default_rng(2)
+    exits = ["NL", "SE", "US", "BR", "JP", "DE", "ES", "IT", "CA", "MX"]
+    t = T0 + np.cumsum(rng.exponential(300.0, 1500))
+    t = t[((t % 86400) >= 6 * 3600) & (t < T0 + 5 * 86400)]  # awake 06:00-24:00
+    tracks = [f"Artist{k % 40}::song {k}" for k in rng.integers(0, 400, len(t))]
+    hop = exits  # every 12 h
+    toggle = ["FR", "NL", "FR", "SE"]  # every 2 h
+    rows = []
+    for acc, ctry in (("hopper", [hop[int((x - T0) // (12 * 3600))] for x in t]),
+                      ("toggler", [toggle[int((x - T0) // 7200) % 4] for x in t]),
+                      ("traveller", ["FR" if x < T0 + 86400 else "IT" for x in t])):
+        ips = [f"203.0.113.{exits.index(c) + 1}" if c in exits else "10.2.2.2" for c in ctry]
+        rows += [dict(r, country=c, ip=ip) for r, c, ip in
+                 zip(_rows(acc, t + len(rows) % 7, tracks, device_id=f"{acc}-phone"), ctry, ips)]
+    m = AccountFraudModel(Settings())
+    alerts = _account_alerts(_run(m, rows, size=100))
+    assert {a.entity_id for a in alerts} == {"hopper"}
+    assert "new_countries_7d" in alerts[0].reasons
+    c = m.features.accounts
+    taken = {a: float(c.cols_["newctry_w"][c.index_[a]]) for a in ("hopper", "toggler", "traveller")}
+    assert taken["hopper"] > 6.5 and taken["toggler"] <= 3.0 and taken["traveller"] <= 2.0
+    # a country that flips on the home IP is the geo-IP data's, not a journey
+    # (a real listener's conn_country flips between EE, PL, SE and GB)
+    # (two days at home in EE first, then four days of flips on the same IP)
+    flips = ["EE", "PL", "SE", "GB", "EE"]
+    f = m.features
+    for d in range(6):
+        day = T0 + 5 * 86400 + d * 86400 + 9 * 3600 + np.arange(0, 5 * 3600, 600.0)
+        f.update(PlayBatch.from_dicts([dict(r, country="EE" if d < 2 else flips[(k + d) % 5]) for k, r in
+                                       enumerate(_rows("flapper", day, tracks[:len(day)], ip="10.3.3.3",
+                                                       device_id="fp"))]))
+    assert float(c.cols_["newctry_w"][c.index_["flapper"]]) <= 1.0  # home only

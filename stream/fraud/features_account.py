@@ -57,6 +57,11 @@ Account features (per touched account, after the batch):
                             sighting, or back after eviction) that no other
                             account used today or yesterday, at any account
                             age, tau 12 h: a residential-proxy rotation
+``new_countries_7d``        countries the account took into its 3-country
+                            memory on an IP new to it (< 24 h), at any
+                            account age, tau 7 d: home, a trip
+                            and a favourite VPN exit or two stay in it; a bot
+                            hopping between VPN exits takes in one every hop
 ==========================  ===================================================
 
 IP and device state lives here, keyed by hashed IP / device. With N workers,
@@ -116,7 +121,7 @@ FEATURE_NAMES = (
     "repeat_ratio", "gap_cv", "active_hours_24h", "hour_entropy", "new_device_plays",
     "new_ip_plays", "new_country_plays", "odd_hour_new_device", "new_identity_plays", "overlaps",
     "country_switches", "ip_accounts", "device_accounts", "ips_24h", "devices_24h", "countries_24h",
-    "ip_set_accounts", "new_lonely_ips",
+    "ip_set_accounts", "new_lonely_ips", "new_countries_7d",
 )
 
 _ACCOUNT_COLS = {
@@ -138,7 +143,7 @@ _ACCOUNT_COLS = {
     "dev_odd": ("u1", (3,)), "ctry_own": ("u1", (3,)),
     # IP set of the day (bottom-k sketch, its day) and its largest group today
     "ipset_sig": ("u8", (IPSET_K,)), "ipset_day": ("i4", ()), "ipset_n": ("f4", ()),
-    "newlonely": ("f4", ()),
+    "newlonely": ("f4", ()), "newctry_w": ("f4", ()),
 }
 _NET_COLS = {"day": ("i4", ()), "plays": ("f4", ()), "t_ref": ("f8", ())}
 
@@ -270,6 +275,8 @@ class AccountFeatures:
         age = ref[inv] - ts
         w1 = np.exp(-age / TAU_SHORT)
         wd = np.exp(-age / TAU_DAY)
+        fw = np.exp(-dt / TAU_WEEK).astype(np.float32)
+        ww = np.exp(-age / TAU_WEEK)
         m = len(slots)
 
         def add(name, weights, f=fd):
@@ -353,7 +360,7 @@ class AccountFeatures:
         newdev &= known
         newip_any, ip_born, _ = self._novel(a, ipc, ts, "ip", "ip_t")
         newip = newip_any & known
-        newctry, _, ccol = self._novel(a, ctry, ts, "ctry", "ctry_t", flag="ctry_own")
+        newctry, ctry_born, ccol = self._novel(a, ctry, ts, "ctry", "ctry_t", flag="ctry_own")
         newctry &= known
         # a device's provenance: one first seen from a new IP in a new
         # country, or on a new IP no other account uses (not the home IP,
@@ -398,6 +405,13 @@ class AccountFeatures:
         # line every few dozen plays; a listener's lines are its home (once)
         # and a hotel or friend's line now and then (carrier NATs are shared)
         add("newlonely", wd * (ip_born & lonely))
+        # countries the account takes into its 3-country memory on an IP new
+        # to it (< 24 h), at any age, tau 7 d: a listener's home, a trip and a
+        # favourite VPN exit stay in it; a bot hopping between VPN exits takes
+        # in a new one, on a new exit IP, every hop. A country that flips on a
+        # known IP is the geo-IP data's (a real listener's conn_country flips
+        # between EE, PL, SE and GB on one home IP)
+        add("newctry_w", ww * (ctry_born & newip_any), fw)
         # ---- features of touched accounts
         X = np.zeros((m, len(FEATURE_NAMES)))
         n12 = c["n12"][slots].astype(np.float64)
@@ -437,6 +451,7 @@ class AccountFeatures:
             X[:, col] = linear_count(np.bitwise_or.reduce(c[name][slots], axis=1)[:, None])
         X[:, 22] = ipset_n
         X[:, 23] = c["newlonely"][slots]
+        X[:, 24] = c["newctry_w"][slots]
         return slots, X, {"event_slot": a, "inv": inv, "ip_accounts_event": ip_acc_ev}
 
     def _window_bits(self, a, slots, inv, ts, kinds) -> None:

@@ -96,6 +96,11 @@ class FraudParams:
     ip_set_weight: float = 1.5       # nats per account beyond ``ip_set_free``
     lonely_ips_free: float = 2.0     # new IPs of its own an account may take in a day (home, a hotel)
     lonely_ips_weight: float = 3.0   # nats per new IP of its own beyond ``lonely_ips_free``
+    # countries an account takes into its 3-country memory (decayed, tau 7 d):
+    # home, a trip and a favourite VPN exit or two; on both tuning streams no
+    # benign account passes 3.0, a VPN hopper's bots every 5 h reach 3.7-6.2
+    new_countries_free: float = 3.5
+    new_countries_weight: float = 6.0  # nats per country beyond ``new_countries_free``
     hst_weight: float = 1.0          # weight of the calibrated HST term
     hst_free: float = 4.0            # -log10 tail probability of an HST score given for free
     # catalog stage
@@ -259,12 +264,13 @@ class AccountFraudModel:
             "countries_24h": p.countries_weight * np.maximum(F["countries_24h"] - p.countries_free, 0.0),
             "ip_set_accounts": p.ip_set_weight * np.maximum(F["ip_set_accounts"] - p.ip_set_free, 0.0),
             "new_lonely_ips": p.lonely_ips_weight * np.maximum(F["new_lonely_ips"] - p.lonely_ips_free, 0.0),
+            "new_countries_7d": p.new_countries_weight * np.maximum(F["new_countries_7d"] - p.new_countries_free, 0.0),
         }
 
     _TYPICAL = {"share_30_40": 0.015, "active_hours_24h": 5.0, "gap_cv": 1.0, "odd_hour_new_device": 0.0,
                 "country_switches": 0.0, "overlaps": 0.0, "ip_accounts": 2.0, "device_accounts": 1.0,
                 "plays_12h": 20.0, "ips_24h": 2.0, "devices_24h": 1.0, "countries_24h": 1.0,
-                "ip_set_accounts": 1.0, "new_lonely_ips": 0.5}
+                "ip_set_accounts": 1.0, "new_lonely_ips": 0.5, "new_countries_7d": 1.0}
 
     def process(self, batch: PlayBatch) -> list[Alert]:
         """Update features, score touched accounts, return new alerts."""
@@ -361,14 +367,26 @@ class AccountFraudModel:
                 "n_batches": self.n_batches_, "max_ts": self.max_ts_, "params": asdict(self.params)}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict`.
+
+        A snapshot from a version with another set of account features
+        (``FEATURE_NAMES``) restores every counter, but its HalfSpaceTrees
+        and their calibrator start afresh: trees grown on other columns
+        cannot score these (they would raise ``ValueError`` on every batch).
+        """
         self.features.load_state_dict(state["features"])
         self.alerts_.last_ = {k: int(v) for k, v in state["alerted"].items()}
+        hst_n = int(state.get("hst_n", 0))
         if self.hst is not None and state.get("hst") is not None:
             self.hst.load_state_dict(state["hst"])
+            d = getattr(self.hst, "n_features_in_", None)
+            if d is not None and d != len(FEATURE_NAMES):
+                self.hst, self.hst_cal = self._make_hst(), self._make_calibrator()
+                state = {**state, "hst_cal": None}
+                hst_n = 0
         if self.hst_cal is not None and state.get("hst_cal") is not None:
             self.hst_cal.load_state_dict(state["hst_cal"])
-        self.hst_n_ = int(state.get("hst_n", 0))
+        self.hst_n_ = hst_n
         self.hst_cal_ready_ = self.hst_n_ >= 20_000
         self.n_batches_ = int(state["n_batches"])
         self.max_ts_ = float(state["max_ts"])
