@@ -376,17 +376,15 @@ class AccountFraudModel:
         """
         self.features.load_state_dict(state["features"])
         self.alerts_.last_ = {k: int(v) for k, v in state["alerted"].items()}
-        hst_n = int(state.get("hst_n", 0))
+        same_features = True
         if self.hst is not None and state.get("hst") is not None:
             self.hst.load_state_dict(state["hst"])
-            d = getattr(self.hst, "n_features_in_", None)
-            if d is not None and d != len(FEATURE_NAMES):
+            if getattr(self.hst, "n_features_in_", None) not in (None, len(FEATURE_NAMES)):
+                same_features = False
                 self.hst, self.hst_cal = self._make_hst(), self._make_calibrator()
-                state = {**state, "hst_cal": None}
-                hst_n = 0
-        if self.hst_cal is not None and state.get("hst_cal") is not None:
+        if same_features and self.hst_cal is not None and state.get("hst_cal") is not None:
             self.hst_cal.load_state_dict(state["hst_cal"])
-        self.hst_n_ = hst_n
+        self.hst_n_ = int(state.get("hst_n", 0)) if same_features else 0
         self.hst_cal_ready_ = self.hst_n_ >= 20_000
         self.n_batches_ = int(state["n_batches"])
         self.max_ts_ = float(state["max_ts"])

@@ -140,10 +140,16 @@ class Context:
         return np.concatenate(out_t), np.concatenate(out_ms).astype(np.int64)
 
 
+def _payload_share(rng, level: str) -> float:
+    """Share of a bot's plays on its payload: L0 all, L1 80 %, L2 10-50 %
+    (50-90 % popular filler, issue 11). Draws one uniform at every level."""
+    return {"L0": 1.0, "L1": 0.8, "L2": 1.0 - rng.uniform(0.5, 0.9)}[level]
+
+
 def _mix(ctx: Context, payload: list[str], n: int, level: str, payload_share: float | None = None) -> list[str]:
     """n tracks: payload (cycled at random) mixed with popular filler by level."""
     rng = ctx.rng
-    share = payload_share if payload_share is not None else {"L0": 1.0, "L1": 0.8, "L2": 1.0 - rng.uniform(0.5, 0.9)}[level]
+    share = _payload_share(rng, level) if payload_share is None else payload_share
     is_pay = rng.random(n) < share
     out = ctx.filler(n)
     pay = [payload[i] for i in rng.integers(0, len(payload), n)]
@@ -297,7 +303,7 @@ def generate(name: str, level: str, ctx: Context, t0: float, t1: float, k: int,
                 # tracks in a shuffled order and popular filler from outside
                 # it. Until session 10 the targets kept their 3-in-33 share of
                 # the playlist and outside filler diluted it to 4-5 % of plays
-                share = 1.0 - rng.uniform(0.5, 0.9)
+                share = _payload_share(rng, level)
                 is_target = rng.random(n) < share
                 outside = rng.random(n) < rng.uniform(0.3, 0.6)
                 order = rng.permutation(len(popular))
