@@ -270,12 +270,12 @@ class AccountFeatures:
         dt = np.maximum(ref - c["t_ref"][slots], 0.0)
         f1 = np.exp(-dt / TAU_SHORT).astype(np.float32)
         fd = np.exp(-dt / TAU_DAY).astype(np.float32)
-        c["hour_hist"][slots] = c["hour_hist"][slots] * np.exp(-dt / TAU_WEEK).astype(np.float32)[:, None]
+        fw = np.exp(-dt / TAU_WEEK).astype(np.float32)
+        c["hour_hist"][slots] = c["hour_hist"][slots] * fw[:, None]
         c["t_ref"][slots] = ref
         age = ref[inv] - ts
         w1 = np.exp(-age / TAU_SHORT)
         wd = np.exp(-age / TAU_DAY)
-        fw = np.exp(-dt / TAU_WEEK).astype(np.float32)
         ww = np.exp(-age / TAU_WEEK)
         m = len(slots)
 
