@@ -491,10 +491,9 @@ def test_a_vpn_hopper_takes_in_a_new_country_every_hop_a_toggler_and_a_traveller
     t = T0 + np.cumsum(rng.exponential(300.0, 1500))
     t = t[((t % 86400) >= 6 * 3600) & (t < T0 + 5 * 86400)]  # awake 06:00-24:00
     tracks = [f"Artist{k % 40}::song {k}" for k in rng.integers(0, 400, len(t))]
-    hop = exits  # every 12 h
     toggle = ["FR", "NL", "FR", "SE"]  # every 2 h
     rows = []
-    for acc, ctry in (("hopper", [hop[int((x - T0) // (12 * 3600))] for x in t]),
+    for acc, ctry in (("hopper", [exits[int((x - T0) // (12 * 3600))] for x in t]),  # every 12 h
                       ("toggler", [toggle[int((x - T0) // 7200) % 4] for x in t]),
                       ("traveller", ["FR" if x < T0 + 86400 else "IT" for x in t])):
         ips = [f"203.0.113.{exits.index(c) + 1}" if c in exits else "10.2.2.2" for c in ctry]
