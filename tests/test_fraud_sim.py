@@ -211,3 +211,41 @@ def test_labelled_file_bad_label_names_the_line(tmp_path):
         fh.write("e1,2025-01-01T00:00:00Z,a,t,x,1000,maybe,\n")
     with pytest.raises(ValueError, match=r"bad.csv.gz:2: is_fraud"):
         read_labelled(p)
+
+
+def test_boosted_tracks_have_organic_listeners_and_the_other_plays_do_not_move(background, monkeypatch):
+    """Session 11: a paid boost's tracks get 10-30 organic listeners (the
+    ``boost_fans`` hard negative): established benign accounts, 1-3 plays
+    each of the boosted tracks only. They are drawn from a generator of their
+    own, so every other play is the one the stream had without them."""
+    import stream.fraud.simulate as sim
+    from stream.fraud.scenarios import Plays
+
+    kw = dict(n_accounts=40, scenarios=["boost"], levels=("L2",), seed=3)
+    lab = sim.simulate(background, **kw)
+    b = lab.batch
+    acc = np.asarray(b.account_id, dtype=object)
+    sc = np.asarray(lab.scenario, dtype=object)
+    trk = np.asarray(b.track_id, dtype=object)
+    fan_rows = sc == "hardneg:boost_fans"
+    fans = Counter(acc[fan_rows].tolist())
+    assert 10 <= len(fans) <= 30 and set(fans.values()) <= {1, 2, 3}
+    assert not lab.is_fraud[fan_rows].any()
+    boosted = {t for t in trk[sc == "boost:L2"] if "::boosted " in t}
+    assert set(trk[fan_rows]) <= boosted
+    # established accounts: each has benign plays of its own before the boost
+    first_boost = b.ts[sc == "boost:L2"].min()
+    other = ~fan_rows & ~lab.is_fraud
+    for a in fans:
+        assert (other & (acc == a) & (b.ts < first_boost)).any(), a
+    # the same stream without the fans: every other play is unchanged
+    monkeypatch.setattr(sim, "boost_fans", lambda *a, **k: Plays())
+    bare = sim.simulate(background, **kw)
+
+    def plays(x, keep):
+        xb = x.batch
+        cols = (xb.account_id, xb.track_id, xb.ip, xb.device_id, xb.country)
+        return sorted(zip(*(np.asarray(c, dtype=object)[keep].tolist() for c in cols),
+                          np.round(xb.ts[keep], 3).tolist(), np.asarray(x.scenario, dtype=object)[keep].tolist()))
+
+    assert plays(bare, np.ones(len(bare), bool)) == plays(lab, ~fan_rows)

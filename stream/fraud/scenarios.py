@@ -25,8 +25,10 @@ Scenarios (grounded in the public cases quoted in issue 11):
 
 Hard negatives (benign): ``sleep`` (night-long ambient playlists), ``superfan``
 (a new album replayed all day, beside many casual listeners), ``viral`` (a new
-track with many light listeners), ``cafe`` (10 h a day of a shop playlist);
-real odd users are tagged ``odd_short`` and ``heavy_repeat`` in the background.
+track with many light listeners), ``cafe`` (10 h a day of a shop playlist),
+``boost_fans`` (since session 11: organic listeners of the boosted tracks, who
+hold subsets of the ring's tracks as the ring's quieter bots do; see
+:func:`boost_fans`); real odd users are tagged ``odd_short`` and ``heavy_repeat`` in the background.
 """
 
 from __future__ import annotations
@@ -392,4 +394,41 @@ def hard_negative(name: str, ctx: Context, t0: float, t1: float, k: int, casual_
                            home["home_ip"], home["devices"][0], home["country"])
     else:
         raise ValueError(f"unknown hard negative {name!r}; choose from {HARD_NEGATIVES}")
+    return out
+
+
+def boost_fans(rng, tracks: list[str], t0: float, t1: float, listeners: list[tuple[str, dict]],
+               k_range: tuple[int, int] = (10, 31)) -> Plays:
+    """Organic listeners of a paid boost's tracks (benign hard negatives).
+
+    A boost buys plays for an artist's tracks, and the artist's real fans play
+    them too: 10-30 accounts of ``listeners`` (established background
+    accounts with their home identities), each playing 1-3 plays of the
+    boosted tracks at random times in ``[t0, t1)``. Each fan therefore holds
+    a subset of the ring's new-track set, as a boost bot that plays its
+    payload only a few times does: a detector that names subset holders must
+    tell the two apart by something else.
+
+    Args:
+        rng: random generator (its own, so the other scenarios' plays do not move).
+        tracks: the boosted track ids (``artist::track``).
+        t0, t1: window of the fans' plays (Unix s).
+        listeners: ``(account, {"ip", "device", "country"})`` candidates.
+        k_range: fans drawn from ``[lo, hi)``, at most ``len(listeners)``.
+
+    Raises:
+        ValueError: if ``tracks`` is empty or ``t1 <= t0``.
+    """
+    if not tracks:
+        raise ValueError("boost_fans needs the boosted tracks")
+    if t1 <= t0:
+        raise ValueError(f"empty window: t0={t0}, t1={t1}")
+    out = Plays()
+    k = min(int(rng.integers(*k_range)), len(listeners))
+    for i in rng.choice(len(listeners), k, replace=False).tolist():
+        acc, home = listeners[i]
+        n = int(rng.integers(1, 4))
+        ts = np.sort(rng.uniform(t0, t1, n))
+        out.extend(acc, ts, [tracks[j] for j in rng.integers(0, len(tracks), n)],
+                   rng.integers(120_000, 240_000, n), home["ip"], home["device"], home["country"])
     return out

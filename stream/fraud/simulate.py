@@ -32,7 +32,7 @@ import numpy as np
 
 from stream.batch import PlayBatch, UNKNOWN_IDS
 from stream.fraud.identities import IdentityPool, assign_network, rand_account
-from stream.fraud.scenarios import BOT_RATE, MIN_BOTS, HARD_NEGATIVES, LEVELS, SCENARIOS, Context, generate, hard_negative
+from stream.fraud.scenarios import BOT_RATE, MIN_BOTS, HARD_NEGATIVES, LEVELS, SCENARIOS, Context, boost_fans, generate, hard_negative
 from stream.schemas import play_event_id
 
 DAY = 86400.0
@@ -306,6 +306,19 @@ def simulate(background: PlayBatch, *, n_accounts: int = 1000, fraud_share: floa
     if grow_background and n_fraud > need * n_benign:
         while n_fraud > need * n_benign:
             n_benign += add_clone(str(rng.choice(real_accounts)))
+    # ---- organic listeners of each boost's tracks (hard negatives, session
+    # 11): drawn from the album's and the viral hit's crowds (established
+    # accounts that already have home identities) by a generator of their
+    # own, after everything else, so no other play moves
+    if hard_negatives:
+        frng = np.random.default_rng([seed, 0xB0057])
+        fan_pool = crowds["superfan"] + crowds["viral"]
+        for pl, label, _ in list(injected):
+            if label.split(":")[0] != "boost" or not pl.ts or not fan_pool:
+                continue
+            pay = sorted({t for t in pl.track if "::boosted " in t})
+            injected.append((boost_fans(frng, pay, min(pl.ts), min(max(pl.ts) + DAY, t1), fan_pool),
+                             "hardneg:boost_fans", False))
     # ---- assemble: benign rows get network identities; injected carry theirs
     acc_arr = np.asarray(rows["account"], dtype=object)
     ts_all = np.concatenate(rows["ts"]) if rows["ts"] else np.zeros(0)
