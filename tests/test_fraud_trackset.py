@@ -375,3 +375,75 @@ def test_eval_ranks_a_stopped_holder_by_the_score_the_model_gave_it():
     assert min(pos) > thr + 3.0  # every bot, the stopped ones too, above the threshold's floor
     assert max(neg) < thr
     assert res["core"]["per_scenario"]["playlist_stuffing:L1"]["recall"] == 1.0
+
+
+def _boost_rows(seed=0):
+    """4 quiet days, then on day 4 a ring of 12 new accounts each playing 5
+    new boosted tracks (twice) amid popular filler; three quieter new bots
+    playing 2, 3 and 4 of those tracks (a subset whose set key is not the
+    ring's), one of them before the ring is hot; and three long-known
+    listeners (fans) playing 2-3 of them."""
+    rng = np.random.default_rng(seed)
+    rows = _background(rng, days=5)
+    boosted = [f"Boosted::b {k}" for k in range(5)]
+    # the ring's sketch holds its 4 smallest track hashes: subsets take the
+    # largest one, so none of them has the ring's key
+    order = [boosted[i] for i in np.argsort(stable_hash64(boosted))]
+    pop = [f"Pop{k}::song {k}" for k in range(20)]
+    day4 = T0 + 4 * 86400
+    for b in range(12):
+        tr = boosted * 2 + pop[:10]
+        rows += _rows(f"bot{b}", day4 + 8 * 3600 + 600.0 * b + np.cumsum(rng.uniform(150, 260, len(tr))),
+                      [tr[i] for i in rng.permutation(len(tr))])
+    quiet = {"quiet2": order[-2:], "quiet3": order[-3:], "quiet4": order[-4:]}
+    for q, (name, tr) in enumerate(quiet.items()):
+        start = day4 + (6 if name == "quiet2" else 14) * 3600
+        tr = tr + pop[10:16]
+        rows += _rows(name, start + np.cumsum(rng.uniform(150, 260, len(tr))), tr)
+    for f, n in enumerate((2, 3, 3)):
+        rows += _rows(f"user{f}", day4 + 14 * 3600 + np.cumsum(rng.uniform(150, 260, n)), order[-n:])
+    return sorted(rows, key=lambda r: r["ts"]), list(quiet), [f"user{f}" for f in range(3)]
+
+
+def test_a_rings_quieter_bots_holding_subsets_share_its_evidence_its_long_known_fans_do_not():
+    # session 11: boost L2 bots that play the payload a few times hold a subset
+    # of the ring's tracks, so their set key is not the ring's; a new account
+    # whose only new tracks are an alerted ring's holds the ring's evidence
+    # times the share of a full sketch it holds; long-known listeners do not
+    rows, quiet, fans = _boost_rows()
+    m = CatalogFraudModel(Settings())
+    alerts, own, raised = _run_with_sinks(m, rows)
+    sets = [a for a in alerts if a.detector == "shared_track_set"]
+    assert len(sets) == 1 and not set(quiet) & set(sets[0].evidence["members"])
+    F = m.features
+    # the ring's evidence as it ended (it grows after its alert)
+    ring = float(F.accounts.cols_["ts_ev"][F.accounts.lookup([f"bot{b}" for b in range(12)])].max())
+    assert ring >= sets[0].score
+    ev = dict(zip(quiet, F.accounts.cols_["ring_ev"][F.accounts.lookup(quiet)].tolist()))
+    # 2, 3 and 4 of a 4-track sketch: half, three quarters and all of the ring's evidence
+    assert ev["quiet2"] == pytest.approx(ring * 2 / 4, rel=0.1)
+    assert ev["quiet3"] == pytest.approx(ring * 3 / 4, rel=0.1)
+    assert ev["quiet4"] == pytest.approx(ring, rel=0.1)
+    # quiet2 stopped before the ring was hot: raised without a play of its own
+    assert own["quiet2"] < 1.0 and raised["quiet2"] >= ev["quiet2"] - 1e-6
+    named = {a.entity_id: a for a in alerts if a.detector == "catalog_account"}
+    assert "quiet4" in named and "ring_subset" in named["quiet4"].reasons
+    # the fans hold the same subsets but are long known: nothing
+    assert F.accounts.cols_["ring_ev"][F.accounts.lookup(fans)].max() == 0.0
+    assert not set(fans) & (set(named) | set(raised))
+
+
+def test_ring_tracks_survive_a_snapshot():
+    rows, quiet, _ = _boost_rows(seed=1)
+    cut = next(i for i, r in enumerate(rows) if r["ts"] >= T0 + 4 * 86400 + 13.9 * 3600)
+    m = CatalogFraudModel(Settings())
+    _run(m, rows[:cut])
+    assert m.ring_tracks_
+    m2 = CatalogFraudModel(Settings())
+    m2.load_state_dict(loads(dumps(m.state_dict())))
+    assert m2.ring_tracks_ == m.ring_tracks_ and m2.ring_keys_ == m.ring_keys_
+    _run(m, rows[cut:])
+    _run(m2, rows[cut:])
+    look = m.features.accounts.lookup(quiet)
+    assert np.array_equal(m.features.accounts.cols_["ring_ev"][look], m2.features.accounts.cols_["ring_ev"][look])
+    assert m.features.accounts.cols_["ring_ev"][look].min() > 0

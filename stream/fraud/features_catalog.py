@@ -66,7 +66,12 @@ _ACC_COLS = {"t_ref": ("f8", ()), "n": ("f4", ()), "co": ("f4", ()), "co_new": (
              "day": ("i4", ()), "boost": ("f4", ()),
              # new-track set sketch of the day (stream.fraud.trackset) and the
              # day's strongest shared-set evidence (nats, set by the model)
-             "ts_sig": ("u8", (TRACKSET_K,)), "ts_day": ("i4", ()), "ts_ev": ("f4", ())}
+             "ts_sig": ("u8", (TRACKSET_K,)), "ts_day": ("i4", ()), "ts_ev": ("f4", ()),
+             # event time of the account's first play seen by this partition
+             # (s; 0 = not yet): a ring's quieter bots are accounts made for it
+             "born": ("f8", ()),
+             # the day's strongest ring-subset evidence (nats, set by the model)
+             "ring_ev": ("f4", ())}
 
 
 def _pick(values: list, idx: np.ndarray) -> list:
@@ -332,6 +337,9 @@ class CatalogFeatures:
         ua, uinv = np.unique(acc, return_inverse=True)
         tmax = np.full(len(ua), -np.inf)
         scatter_max(tmax, uinv, ts)
+        tmin = np.full(len(ua), np.inf)
+        scatter_min(tmin, uinv, ts)
+        c["born"][ua] = np.where(c["born"][ua] > 0, c["born"][ua], tmin)
         ref = np.maximum(c["t_ref"][ua], tmax)
         f = np.exp(-(ref - c["t_ref"][ua]) / TAU_DAY).astype(np.float32)
         c["t_ref"][ua] = ref
@@ -390,6 +398,11 @@ class CatalogFeatures:
         for h, r in zip(self.artists.hll, state["artist_hll"]):
             h.reg_ = np.asarray(r, np.uint8).copy()
         self.accounts.load_state_dict(state["accounts"])
+        if "born" not in state["accounts"]["cols"]:
+            # a snapshot from before session 11: its accounts' first sightings
+            # are unknown, so they count as long known, never as new
+            c = self.accounts.cols_
+            c["born"][self.accounts.live_] = 1.0
         self.pair_track.load_state_dict(state["pair_track"])
         self.pair_artist.load_state_dict(state["pair_artist"])
         self.coplay.load_state_dict(state["coplay"])

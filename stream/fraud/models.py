@@ -38,7 +38,7 @@ from stream.batch import PlayBatch
 from stream.config import Settings
 from stream.fraud.evidence import binom_llr, poisson_llr
 from stream.fraud.features_account import FEATURE_NAMES, AccountFeatures
-from stream.fraud.features_catalog import CatalogFeatures
+from stream.fraud.features_catalog import NEW_S, CatalogFeatures
 from stream.fraud.slots import scatter_max
 from stream.fraud.trackset import BLOCK_S, set_keys
 from stream.schemas import Alert, AlertKind, Severity, group_entity_id, window_alert_id, window_bounds
@@ -136,6 +136,12 @@ class FraudParams:
     # share their album's set); added only above listener concentration
     p_set: float = 0.1
     set_min: int = 4
+    # a ring's quieter bots (session 11): an account first seen < 3 days ago
+    # whose new-track set of the day holds ``ring_subset_min``+ tracks, all of
+    # them tracks of an alerted shared-set ring, holds the ring's evidence
+    # times the share of the ring's sketch it holds (distinct tracks / the
+    # ring's, at most k = 4)
+    ring_subset_min: int = 2
 
 
 def _feature_dict(pairs) -> dict:
@@ -419,6 +425,11 @@ class CatalogFraudModel:
         self.alerts_ = _AlertLog()
         #: set key anchor -> (day, evidence last given to its holders)
         self.set_given_: dict[str, tuple[int, float]] = {}
+        #: tracks of alerted shared-set rings: track hash (| 1, as in the
+        #: set sketches) -> (day, ring evidence, tracks in the ring's sketch);
+        #: and the rings' set keys -> the same triple
+        self.ring_tracks_: dict[int, tuple[int, float, int]] = {}
+        self.ring_keys_: dict[int, tuple[int, float, int]] = {}
         self.n_batches_ = 0
         self.max_ts_ = 0.0
         self.score_sink: ScoreSink | None = None
@@ -438,8 +449,13 @@ class CatalogFraudModel:
         T_art = F.concentration_llr(u["artist_heavy"], u["artist_listeners"], p.p_heavy, p.min_heavy)
         T_art = T_art * np.minimum(u["artist_heavy"] / p.heavy_full, 1.0)
         # an account's share of that evidence grows with its own plays today: a
-        # listener who plays a viral hit 3 times is heavy, a bot plays it 30 times
-        w_t = np.minimum(u["pair_track"] / (p.own_plays_full * F.heavy_track), 1.0)
+        # listener who plays a viral hit 3 times is heavy, a bot plays it 30 times.
+        # On a track it grows from the heavy limit itself (session 11: 1/4 at
+        # 3 plays, full at 6; it was 1/2 at 3 plays): a real fan who plays a
+        # boosted track 3 times in a day got half of the ring's concentration
+        # (14-17 nats, the ``boost_fans`` hard negative)
+        w_t = np.clip((u["pair_track"] - F.heavy_track + 1.0)
+                      / (p.own_plays_full * F.heavy_track - F.heavy_track + 1.0), 0.0, 1.0)
         w_a = np.minimum(u["pair_artist"] / (p.own_plays_full * F.heavy_artist), 1.0)
         ev_boost = np.maximum(np.where(u["pair_track"] >= F.heavy_track, w_t * T_track, 0.0),
                               np.where(u["pair_artist"] >= F.heavy_artist, w_a * T_art, 0.0))
@@ -460,8 +476,74 @@ class CatalogFraudModel:
         smax = np.zeros(len(ua))
         np.maximum.at(smax, uinv, ev_set)
         c["ts_ev"][ua] = np.where(same, np.maximum(c["ts_ev"][ua], smax), smax)
+        self._learn_ring_tracks(u)
+        sub = self.ring_subset(ua, c["ts_day"][ua] == dmax, float(np.max(u["ts"])))
+        c["ring_ev"][ua] = np.where(same, np.maximum(c["ring_ev"][ua], sub), sub)
         c["day"][ua] = np.maximum(c["day"][ua], dmax)
         return self.column_terms(ua), T_track, ev_boost
+
+    def _learn_ring_tracks(self, u: dict) -> None:
+        """Add the tracks of this batch's plays by holders of an alerted
+        ring's set (a ring of 5 tracks shows 4 in its holders' sketches; the
+        5th arrives with their plays)."""
+        if not self.ring_keys_:
+            return
+        keys = np.fromiter(self.ring_keys_, np.uint64, len(self.ring_keys_))
+        hit = np.flatnonzero(np.isin(u["set_key"], keys))
+        if not len(hit):
+            return
+        th = self.features.tracks.table.hash_[u["track"][hit]] | np.uint64(1)
+        for h, k in zip(th.tolist(), u["set_key"][hit].tolist()):
+            self._add_ring_track(h, self.ring_keys_[k])
+
+    def _add_ring_track(self, h: int, ring: tuple[int, float, int]) -> None:
+        old = self.ring_tracks_.get(h)
+        if old is None or old[0] < ring[0] or (old[0] == ring[0] and old[1] < ring[1]):
+            self.ring_tracks_[h] = ring
+
+    def ring_subset(self, rows: np.ndarray, day_ok: np.ndarray, now: float) -> np.ndarray:
+        """Ring-subset evidence (nats, float64 (m,)) of account-table ``rows``
+        (int (m,)): a ring's quieter bots.
+
+        A paid boost's bots that play the payload only a few times each hold
+        a *subset* of the ring's new-track set, whose set key is not the
+        ring's (its bottom-k sketch differs), so they never join its group.
+        An account holds a share of an alerted ring's evidence when (1) its
+        new-track set of the day (bottom-k sketch, :mod:`stream.fraud.trackset`)
+        holds ``ring_subset_min``+ tracks and every one of them is a track of
+        an alerted ring (``ring_tracks_``), (2) the account was first seen by
+        this partition less than 3 days ago (``NEW_S``), after the model's own
+        first 3 days (every account is "new" at a cold start), and (3)
+        ``day_ok`` (its sketch is of the day in question). The share is the
+        distinct tracks it holds over the tracks in the ring's own sketch (at
+        most k = 4: 2 of a 5-track boost's 4 is half, 2 of a 3-track stuffed
+        set two thirds), times the weakest evidence among the rings its tracks
+        belong to. Organic
+        listeners of a boosted track are long-known accounts (the
+        ``boost_fans`` hard negative); a new account whose only new tracks
+        are a ring's is not.
+        """
+        m = len(rows)
+        if not self.ring_tracks_ or m == 0:
+            return np.zeros(m)
+        F = self.features
+        c = F.accounts.cols_
+        keys = np.fromiter(self.ring_tracks_, np.uint64, len(self.ring_tracks_))
+        vals = np.array([v[1] for v in self.ring_tracks_.values()], np.float64)
+        size = np.array([v[2] for v in self.ring_tracks_.values()], np.float64)
+        o = np.argsort(keys)
+        keys, vals, size = keys[o], vals[o], size[o]
+        sig = c["ts_sig"][rows]
+        valid = sig != 0
+        nd = valid.sum(axis=1)
+        pos = np.minimum(np.searchsorted(keys, sig), len(keys) - 1)
+        hit = (keys[pos] == sig) & valid
+        ev = np.where(hit, vals[pos], np.inf).min(axis=1)
+        ring_k = np.where(hit, size[pos], 1.0).max(axis=1)
+        born = c["born"][rows]
+        new = (born > now - NEW_S) & (born > F.t0_ + NEW_S)
+        ok = (hit | ~valid).all(axis=1) & (nd >= self.params.ring_subset_min) & new & day_ok
+        return np.where(ok, np.where(ok, ev, 0.0) * np.minimum(nd / ring_k, 1.0), 0.0)
 
     def column_terms(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Surprise terms (nats, shape (m,)) of account-table ``rows`` (int
@@ -480,6 +562,9 @@ class CatalogFraudModel:
             # the same hypothesis as concentration (a closed crowd of listeners)
             # seen from light listeners: the larger of the two counts, not both
             "shared_track_set": np.maximum(c["ts_ev"][rows].astype(np.float64) - c["boost"][rows], 0.0),
+            # a ring's quieter bots: beyond what the two above give
+            "ring_subset": np.maximum(c["ring_ev"][rows].astype(np.float64)
+                                      - np.maximum(c["ts_ev"][rows], c["boost"][rows]), 0.0),
             "coplay_share": binom_llr(co_eff, n, p.p_coplay),
             "new_artist_share": binom_llr(np.maximum(c["newart"][rows].astype(np.float64) - p.new_tracks_free, 0.0),
                                           n, p.p_new_artist),
@@ -514,6 +599,7 @@ class CatalogFraudModel:
         ids = F.accounts.ids_
         set_share = u["set_size"] / np.maximum(u["track_listeners"], np.maximum(u["set_size"], 1))
         typical = {"listener_concentration": p.p_heavy, "coplay_share": p.p_coplay, "shared_track_set": p.p_set,
+                   "ring_subset": 0.0,
                    "new_artist_share": p.p_new_artist, "loop_catalog_share": p.p_loop_catalog,
                    "new_artists": p.p_new_artists}
         thr = p.threshold if p.catalog_threshold is None else p.catalog_threshold
@@ -527,6 +613,7 @@ class CatalogFraudModel:
             top = [k for v, k in contrib if v >= 1.0][:3]
             actual = {"listener_concentration": float(ev_boost[evj].max()),
                       "shared_track_set": float(set_share[evj].max()),
+                      "ring_subset": float(c["ring_ev"][ua[j]]),
                       "coplay_share": float(c["co"][ua[j]] / max(n[j], 1e-9)),
                       "new_artist_share": float(c["newart"][ua[j]] / max(n[j], 1e-9)),
                       "loop_catalog_share": float(c["loopart"][ua[j]] / max(n[j], 1e-9)),
@@ -550,6 +637,8 @@ class CatalogFraudModel:
             self.alerts_.expire(self.max_ts_)
             today = int(self.max_ts_ // 86400)
             self.set_given_ = {k: v for k, v in self.set_given_.items() if v[0] >= today - 1}
+            self.ring_tracks_ = {k: v for k, v in self.ring_tracks_.items() if v[0] >= today - 1}
+            self.ring_keys_ = {k: v for k, v in self.ring_keys_.items() if v[0] >= today - 1}
         return alerts
 
     def _track_alerts(self, batch, u, T_track, rts) -> list[Alert]:
@@ -699,6 +788,26 @@ class CatalogFraudModel:
             c["ts_ev"][rows] = np.where(c["day"][rows] >= day - 1, np.maximum(c["ts_ev"][rows], score),
                                         c["ts_ev"][rows])
             self.set_given_[anchor] = (day, score)
+            # the ring's tracks: its holders' sketches and this batch's plays
+            # of the set (later plays of its holders add the rest)
+            ring = (day, score, int((c["ts_sig"][rows[0]] != 0).sum()))
+            self.ring_keys_[int(key)] = ring
+            th = np.r_[c["ts_sig"][rows].ravel(), F.tracks.table.hash_[u["track"][evk]] | np.uint64(1)]
+            for h in np.unique(th[th != 0]).tolist():
+                self._add_ring_track(h, ring)
+            # accounts holding a subset of it (today's, or yesterday's for the
+            # group's window, as the holders)
+            cand = np.flatnonzero((today | recent) & F.accounts.live_)
+            sub = self.ring_subset(cand, np.ones(len(cand), bool), t)
+            cand, sub = cand[sub > 0], sub[sub > 0]
+            if len(cand):
+                cur = np.where(c["day"][cand] >= day - 1, c["ring_ev"][cand], 0.0)
+                up = sub > cur + SET_PROPAGATE_NATS
+                cand, sub = cand[up], sub[up]
+                c["ring_ev"][cand] = np.where(c["day"][cand] >= day - 1, sub, c["ring_ev"][cand])
+                if len(cand) and self.account_sink is not None:
+                    self.account_sink(self.stage, [F.accounts.ids_[r] for r in cand.tolist()],
+                                      np.sum(list(self.column_terms(cand).values()), axis=0))
             if self.account_sink is not None:
                 # these accounts' scores changed without a play of theirs
                 self.account_sink(self.stage, [F.accounts.ids_[r] for r in rows.tolist()],
@@ -722,6 +831,8 @@ class CatalogFraudModel:
         """Snapshot (msgpack-able via :mod:`detectors.serialize`)."""
         return {"features": self.features.state_dict(), "alerted": dict(self.alerts_.last_),
                 "set_given": {k: [int(d), float(v)] for k, (d, v) in self.set_given_.items()},
+                "ring_tracks": [[int(h), int(d), float(v), int(k)] for h, (d, v, k) in self.ring_tracks_.items()],
+                "ring_keys": [[int(h), int(d), float(v), int(k)] for h, (d, v, k) in self.ring_keys_.items()],
                 "n_batches": self.n_batches_, "max_ts": self.max_ts_}
 
     def load_state_dict(self, state: dict) -> None:
@@ -729,6 +840,8 @@ class CatalogFraudModel:
         self.features.load_state_dict(state["features"])
         self.alerts_.last_ = {k: int(v) for k, v in state["alerted"].items()}
         self.set_given_ = {k: (int(d), float(v)) for k, (d, v) in state.get("set_given", {}).items()}
+        self.ring_tracks_ = {int(h): (int(d), float(v), int(k)) for h, d, v, k in state.get("ring_tracks", [])}
+        self.ring_keys_ = {int(h): (int(d), float(v), int(k)) for h, d, v, k in state.get("ring_keys", [])}
         self.n_batches_ = int(state["n_batches"])
         self.max_ts_ = float(state["max_ts"])
 
