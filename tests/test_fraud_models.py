@@ -517,3 +517,51 @@ def test_a_vpn_hopper_takes_in_a_new_country_every_hop_a_toggler_and_a_traveller
                                        enumerate(_rows("flapper", day, tracks[:len(day)], ip="10.3.3.3",
                                                        device_id="fp"))]))
     assert float(c.cols_["newctry_w"][c.index_["flapper"]]) <= 1.0  # home only
+
+
+def test_a_farms_first_arrivals_in_a_cell_are_late_coplays_judged_causally():
+    """Session 11: the first ``co_min`` accounts to reach a (track, 10-min)
+    cell are not co-plays when they arrive, though the farm fills the cell
+    within minutes. An account's pending play (its last, not a co-play) is
+    judged again at its next play, counting the accounts that reached the
+    cell by then, never later ones; on new tracks only (a farm's payload)."""
+    # a farm's payload: tracks first seen after the model's own first 3 days
+    rows = _background(n_acc=5, days=5)
+    t0 = T0 + 4 * 86400 + 3 * 600  # the start of a 10-min bucket
+    for i in range(8):  # each bot plays A, B, C; bot i arrives 20*i s after bot 0
+        rows += _rows(f"bot{i}", t0 + 20.0 * i + np.array([0.0, 400.0, 800.0]),
+                      [f"Brand New::{k}" for k in "ABC"])
+    # an early bot: plays A just after bot 0, then B before anyone else
+    # reached A or B (all in bot 0's bucket)
+    rows += _rows("early", t0 + np.array([1.0, 5.0, 900.0]), [f"Brand New::{k}" for k in "ABC"])
+    cos = []
+    for size in (1, 4):
+        m = CatalogFraudModel(Settings())
+        _run(m, rows, size=size)
+        t = m.features.accounts
+        cos.append({a: c for a, c in zip(t.ids_, np.round(t.cols_["co"], 2).tolist()) if a})
+    assert cos[0] == cos[1]  # the same counts whatever the batch size
+    co = cos[0]
+    # bots 3-7 co-play on arrival in every cell; bots 0-2 are among the first
+    # three in one or two cells and are credited late there (their last play,
+    # C, is pending at the end or was a co-play on arrival): two each
+    for i in range(3, 8):
+        assert co[f"bot{i}"] == pytest.approx(3.0, abs=0.05)
+    for i in range(3):
+        assert co[f"bot{i}"] == pytest.approx(2.0, abs=0.05)
+    # the early bot's A was judged at its B, when A held bot 0 and itself:
+    # never credited; its B was judged at its C (B full by then); C co-played
+    # on arrival
+    assert co["early"] == pytest.approx(2.0, abs=0.05)
+    # the same farm on long-known tracks (a listener's clones replaying its
+    # favourites): co-plays on arrival count, late ones do not
+    old = [r for r in rows if r["account_id"].startswith("user")]
+    for r in rows:
+        if r["account_id"].startswith(("bot", "early")):
+            k = "ABC".index(r["track_id"][-1])
+            old.append(dict(r, track_id=f"Artist{k}::song {k}", artist_id=f"Artist{k}"))
+    m = CatalogFraudModel(Settings())
+    _run(m, old, size=1)
+    t = m.features.accounts
+    co_old = dict(zip(t.ids_, t.cols_["co"].tolist()))
+    assert co_old["bot3"] == pytest.approx(3.0, abs=0.05) and co_old["bot0"] == 0.0

@@ -25,7 +25,11 @@ a play is a *co-play* when at least ``co_min`` other accounts played the same
 track in its bucket and that count is improbable (Poisson tail < ``co_p``) at
 the track's own last-hour rate (tau 1 h, the cell's own plays left out), so
 popular tracks, viral spikes and album releases do not make co-plays.
-Accounts whose plays are mostly co-plays move in lockstep.
+Accounts whose plays are mostly co-plays move in lockstep. The first
+``co_min`` accounts to reach a cell are never co-plays when they arrive; on a
+new track (a farm's payload) an account's last play that was not a co-play is
+judged again at its next play, with the accounts that reached its cell by then
+(a *late* co-play, session 11; causal, never counting later arrivals).
 
 Catalog-side account state (per account seen by this partition): decayed
 plays, co-plays, plays of new cold artists (first seen less than 3 days ago,
@@ -71,7 +75,11 @@ _ACC_COLS = {"t_ref": ("f8", ()), "n": ("f4", ()), "co": ("f4", ()), "co_new": (
              # (s; 0 = not yet): a ring's quieter bots are accounts made for it
              "born": ("f8", ()),
              # the day's strongest ring-subset evidence (nats, set by the model)
-             "ring_ev": ("f4", ())}
+             "ring_ev": ("f4", ()),
+             # the account's last play when it was not (yet) a co-play: track
+             # slot, 10-min bucket (0 = none) and event time; judged again at
+             # the account's next play (a late co-play, session 11)
+             "lc_track": ("i4", ()), "lc_bucket": ("i4", ()), "lc_ts": ("f8", ())}
 
 
 def _pick(values: list, idx: np.ndarray) -> list:
@@ -269,6 +277,7 @@ class CatalogFeatures:
         self.coplay_acc.add(k3, hour)
         first3 = group_index(k3)[0]  # count-min adds commute: any order
         newcell = first3[seen[first3] == 0]
+        late = self._late_coplays(acc, ah, ts, kc, newcell) if self.causal else None
         if self.causal:
             # each play sees only accounts that reached its cell before it (no
             # look-ahead into the rest of the batch: the same evidence whatever
@@ -347,6 +356,8 @@ class CatalogFeatures:
         decay_add(c["n"], ua, f, uinv, w)
         decay_add(c["co"], ua, f, uinv, w * cop)
         decay_add(c["co_new"], ua, f, uinv, w * co_new)
+        if late is not None:
+            self._settle_late(late, ua, uinv, ts, s_t, bucket, cop)
         decay_add(c["newart"], ua, f, uinv, w * new_artist)
         decay_add(c["newad"], ua, f, uinv, w * new_artist_d)
         decay_add(c["loopart"], ua, f, uinv, w * loop_art)
@@ -354,6 +365,81 @@ class CatalogFeatures:
                     track_listeners=lt, track_heavy=ht, artist_listeners=la, artist_heavy=ha,
                     pair_track=pt, pair_artist=pa, co=co, coplay=cop, cokey=kc, new_artist=new_artist,
                     set_size=set_size, set_key=set_key)
+
+    def _late_coplays(self, acc, ah, ts, kc, newcell) -> dict | None:
+        """Judge each account's pending play (its last play, which was not a
+        co-play when it arrived) again at the account's first play of this
+        batch: the accounts that reached the pending play's cell since then
+        count too. A farm's first three arrivals in a cell are never
+        co-plays when they arrive (fewer than ``co_min`` others before them),
+        though the cell fills within minutes; judged again at their next play
+        they are (late co-plays, session 11). Causal: the count holds the
+        arrivals before the account's first play of this batch, never later
+        ones. Called before this batch's arrivals enter the cell counts.
+
+        Returns:
+            ``None`` when no account of the batch has a pending play, else a
+            dict of the accounts' first-play index in the batch (``first``),
+            their table rows (``rows``), and whether their pending play is
+            now a co-play (``co``) and on a new track (``new``).
+        """
+        c = self.accounts.cols_
+        first = group_index(acc)[0]
+        rows = acc[first]
+        pend = np.flatnonzero(c["lc_bucket"][rows] > 0)
+        if not len(pend):
+            return {"rows": rows, "first": first, "hit": np.zeros(0, np.int64),
+                    "new": np.zeros(0, bool)}
+        r = rows[pend]
+        qt = ts[first[pend]]
+        b = c["lc_bucket"][r].astype(np.int64)
+        # only a cell still in the rotating counts (this hour or the last)
+        fresh = (qt // self.bucket_s).astype(np.int64) - b <= 2
+        r, qt, b, pend = r[fresh], qt[fresh], b[fresh], pend[fresh]
+        tr = c["lc_track"][r].astype(np.int64)
+        th = self.tracks.table.hash_[tr]
+        qk = combine(th, b.astype(np.uint64))
+        hour = b * self.bucket_s // 3600
+        before = _arrivals_before(np.r_[kc, qk], np.r_[ts, qt], newcell)[len(kc):]
+        cnt_b = self.coplay.query(qk, hour) + before
+        bp = b - 1
+        hp = bp * self.bucket_s // 3600
+        kp = combine(th, bp.astype(np.uint64))
+        own_prev = self.coplay_acc.query(combine(kp, ah[first[pend]]), hp) > 0
+        cnt = cnt_b + np.maximum(self.coplay.query(kp, hp) - own_prev, 0)
+        span = np.minimum(qt, (b + 1) * self.bucket_s) - bp * self.bucket_s
+        n1 = self.tracks.table.cols_["n1"][tr].astype(np.float64)
+        lam = np.maximum((n1 - cnt) / TAU_HOUR * span, 0.0) + 0.05
+        co = cnt - 1 >= self.co_min
+        if co.any():
+            j = np.flatnonzero(co)
+            co[j] = pdtrc((cnt[j] - 1).astype(np.float64), lam[j]) < self.co_p
+        tfs = self.tracks.table.cols_["first_seen"][tr]
+        lts = c["lc_ts"][r]
+        new = (lts - tfs < NEW_S) & (tfs > self.t0_ + NEW_S)
+        # on new tracks only (a farm's payload): benign clones of one listener
+        # fill cells of its long-known favourites after one another
+        co &= new
+        return {"rows": rows, "first": first, "hit": r[co], "new": new[co]}
+
+    def _settle_late(self, late, ua, uinv, ts, s_t, bucket, cop) -> None:
+        """Credit late co-plays into ``co`` / ``co_new`` (decayed from their own
+        time, as every play's counts) and keep each account's newest play of the batch
+        as its pending play when it was not a co-play."""
+        c = self.accounts.cols_
+        hit = late["hit"]
+        if len(hit):
+            w = np.exp(-(c["t_ref"][hit] - c["lc_ts"][hit]) / TAU_DAY)
+            c["co"][hit] += w
+            c["co_new"][hit] += w * late["new"]
+        c["lc_bucket"][late["rows"]] = 0
+        o = np.lexsort((ts, uinv))
+        last = o[np.r_[uinv[o][1:] != uinv[o][:-1], True]]
+        keep = last[~cop[last]]
+        r = ua[uinv[keep]]
+        c["lc_track"][r] = s_t[keep]
+        c["lc_bucket"][r] = bucket[keep]
+        c["lc_ts"][r] = ts[keep]
 
     def concentration_llr(self, heavy: np.ndarray, listeners: np.ndarray, p0: float, min_heavy: int) -> np.ndarray:
         """Binomial LLR that the heavy share of listeners exceeds ``p0``,
