@@ -518,10 +518,13 @@ class CatalogFraudModel:
         distinct tracks it holds over the tracks in the ring's own sketch (at
         most k = 4: 2 of a 5-track boost's 4 is half, 2 of a 3-track stuffed
         set two thirds), times the weakest evidence among the rings its tracks
-        belong to. Organic
-        listeners of a boosted track are long-known accounts (the
-        ``boost_fans`` hard negative); a new account whose only new tracks
-        are a ring's is not.
+        belong to. Organic listeners of a boosted track are long-known
+        accounts (the ``boost_fans`` hard negative); a new account whose only
+        new tracks are a ring's is not.
+
+        Args:
+            rows: int (m,) account-table rows; day_ok: bool (m,) rows whose
+                sketch is of the day judged; now: event time (Unix s).
         """
         m = len(rows)
         if not self.ring_tracks_ or m == 0:
@@ -796,16 +799,14 @@ class CatalogFraudModel:
             for h in np.unique(th[th != 0]).tolist():
                 self._add_ring_track(h, ring)
             # accounts holding a subset of it (today's, or yesterday's for the
-            # group's window, as the holders)
-            cand = np.flatnonzero((today | recent) & F.accounts.live_)
+            # group's window, as the holders), raised when it grew by 1 nat
+            cand = np.flatnonzero((today | recent) & F.accounts.live_ & (c["day"] >= day - 1))
             sub = self.ring_subset(cand, np.ones(len(cand), bool), t)
-            cand, sub = cand[sub > 0], sub[sub > 0]
+            up = sub > c["ring_ev"][cand] + SET_PROPAGATE_NATS
+            cand, sub = cand[up], sub[up]
             if len(cand):
-                cur = np.where(c["day"][cand] >= day - 1, c["ring_ev"][cand], 0.0)
-                up = sub > cur + SET_PROPAGATE_NATS
-                cand, sub = cand[up], sub[up]
-                c["ring_ev"][cand] = np.where(c["day"][cand] >= day - 1, sub, c["ring_ev"][cand])
-                if len(cand) and self.account_sink is not None:
+                c["ring_ev"][cand] = sub
+                if self.account_sink is not None:
                     self.account_sink(self.stage, [F.accounts.ids_[r] for r in cand.tolist()],
                                       np.sum(list(self.column_terms(cand).values()), axis=0))
             if self.account_sink is not None:
