@@ -302,6 +302,39 @@ def test_the_home_ip_outlives_carrier_ips_in_the_accounts_memory():
     assert np.all(np.diff(home_new) <= 0.0)
 
 
+def test_a_home_line_outlives_a_day_on_three_carrier_nats():
+    """Session 11: a night listener at home (its own line) spends a day on
+    three carrier NATs shared with other accounts, then its second device
+    first plays back home in the evening. Before, the three shared lines
+    evicted the home line from the 3-IP memory, the home line came back as
+    a new line of its own, the second device became a stranger's and its
+    evening plays scored their hours' surprise (65 nats on seed 59). A line
+    of the account's own now outlives shared ones by ``OWN_HOLD_H`` hours."""
+    c_ip, c_odd = FEATURE_NAMES.index("new_ip_plays"), FEATURE_NAMES.index("odd_hour_new_device")
+    m = AccountFraudModel(Settings())
+    rows = []
+    for d in range(3):  # nights at home, 02:00-06:00
+        ts = T0 + d * 86400 + 2 * 3600 + np.arange(0, 4 * 3600, 240.0)
+        rows += _rows("user", ts, ["Night::song"] * len(ts), ip="10.0.0.1", device_id="phone", country="FR")
+    carriers = ("100.64.0.1", "100.64.0.2", "100.64.0.3")
+    for k, ip in enumerate(carriers):  # day 3: three carrier NATs, each shared by other accounts
+        t = T0 + 3 * 86400 + (8 + 2 * k) * 3600
+        for o in range(4):
+            rows += _rows(f"other{o}", [t - 600 + 60 * o], ["Pop::song"], ip=ip, device_id=f"od{o}", country="FR")
+        rows += _rows("user", t + np.arange(0, 3600, 300.0), ["Day::song"] * 12, ip=ip, device_id="phone",
+                      country="FR")
+    _run(m, rows, size=50)
+    eve = T0 + 3 * 86400 + 20 * 3600 + np.arange(0, 3600, 240.0)  # the tablet, first seen at home
+    out = []
+    for t in eve:
+        _, X, _ = m.features.update(PlayBatch.from_dicts(_rows("user", [t], ["Eve::song"], ip="10.0.0.1",
+                                                               device_id="tablet", country="FR")))
+        out.append(X[0])
+    out = np.array(out)
+    assert out[:, c_odd].max() == 0.0  # the tablet is the owner's, not a stranger's
+    assert np.all(np.diff(out[:, c_ip]) <= 0.0)  # the home line is still known
+
+
 def test_a_strangers_phone_on_its_own_line_at_night_at_home():
     """The victim's country, a phone never seen before, on an IP no other
     account uses, at the owner's sleeping hours: the hours' surprise (not the

@@ -104,6 +104,8 @@ TRAVEL_GAP_S = 1800.0
 #: Distinct accounts (today + yesterday, per worker) up to which an IP is an
 #: account's own (a home or a stranger's line; a carrier NAT has dozens).
 LONELY_IP_ACCOUNTS = 2.5
+#: hours a remembered IP of the account's own is kept beyond shared ones
+OWN_HOLD_H = 48.0
 #: Account age (s of event time since its first play) before a device, IP or
 #: country can be "new" to it: a new account's first values are its own.
 IDENTITY_AGE_S = 2 * 86400.0
@@ -141,6 +143,8 @@ _ACCOUNT_COLS = {
     "win_ctrybits": ("u8", (WIN_BLOCKS,)),
     "last_ipslot": ("i8", ()), "last_devslot": ("i8", ()),
     "dev_odd": ("u1", (3,)), "ctry_own": ("u1", (3,)),
+    # per remembered IP: a line of the account's own (no other account on it)
+    "ip_own": ("u1", (3,)),
     # IP set of the day (bottom-k sketch, its day) and its largest group today
     "ipset_sig": ("u8", (IPSET_K,)), "ipset_day": ("i4", ()), "ipset_n": ("f4", ()),
     "newlonely": ("f4", ()), "newctry_w": ("f4", ()),
@@ -358,7 +362,7 @@ class AccountFeatures:
         known = acct_age > self.identity_age_s
         newdev, born, dcol = self._novel(a, dev, ts, "dev", "dev_t", flag="dev_odd")
         newdev &= known
-        newip_any, ip_born, _ = self._novel(a, ipc, ts, "ip", "ip_t")
+        newip_any, ip_born, _ = self._novel(a, ipc, ts, "ip", "ip_t", own=ip_acc_ev <= LONELY_IP_ACCOUNTS)
         newip = newip_any & known
         newctry, ctry_born, ccol = self._novel(a, ctry, ts, "ctry", "ctry_t", flag="ctry_own")
         newctry &= known
@@ -520,13 +524,19 @@ class AccountFeatures:
         c["ipset_n"][slots] = out
         return out
 
-    def _novel(self, a, h, ts, key, tkey, flag: str | None = None):
+    def _novel(self, a, h, ts, key, tkey, flag: str | None = None, own: np.ndarray | None = None):
         """Per event: is value ``h`` of account ``a`` first seen < 24 h ago.
 
         Inserts unseen values (3 kept per account and kind: an unseen value
         replaces the least recently seen one, ``<kind>_seen``), clearing
         their entry of the per-value flag column ``flag`` when given, and
-        records every sighting.
+        records every sighting. With ``own`` (bool (n,), IPs only: the event's
+        IP has no other account on it) a value of the account's own is kept
+        as if seen ``OWN_HOLD_H`` hours later than it was (``ip_own``): a home
+        line outlives shared carrier NATs (session 11: a listener using three
+        carrier NATs for a day evicted its home line, and its second phone,
+        first seen back home, became a stranger's device on a "new" line of
+        its own, 65 nats).
 
         Returns:
             ``(new, inserted, col)``: bool (n,) first seen < 24 h ago; bool
@@ -553,9 +563,10 @@ class AccountFeatures:
             idx = np.flatnonzero(miss)
             for i, s, v in zip(idx.tolist(), a[idx].tolist(), h[idx].tolist()):
                 first.setdefault((s, v), i)
+            hold = c[key + "_own"] if own is not None else None
             for (s, v), i in first.items():
                 t = float(ts[i])
-                j = int(np.argmin(last[s]))
+                j = int(np.argmin(last[s] if hold is None else last[s] + OWN_HOLD_H * hold[s]))
                 c[key][s, j] = v
                 c[tkey][s, j] = t
                 last[s, j] = np.float32(t / HOUR)
@@ -563,6 +574,9 @@ class AccountFeatures:
                     c[flag][s, j] = 0
             _slot_index(c[key], a, h, col)
             col[~nz] = -1
+        if own is not None:  # every sighting refreshes whether the line is its own
+            sel = col >= 0
+            c[key + "_own"][a[sel], col[sel]] = own[sel]
         # a value inserted and evicted again within the batch is not
         # remembered: new, like any value the account does not hold
         tfirst = np.where(col >= 0, c[tkey][a, col], np.inf)
