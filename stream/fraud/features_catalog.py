@@ -277,7 +277,8 @@ class CatalogFeatures:
         self.coplay_acc.add(k3, hour)
         first3 = group_index(k3)[0]  # count-min adds commute: any order
         newcell = first3[seen[first3] == 0]
-        late = self._late_coplays(acc, ah, ts, kc, newcell) if self.causal else None
+        # (a batch of local files only has no play to judge)
+        late = self._late_coplays(acc, ah, ts, kc, newcell) if self.causal and len(ts) else None
         if self.causal:
             # each play sees only accounts that reached its cell before it (no
             # look-ahead into the rest of the batch: the same evidence whatever
@@ -424,8 +425,8 @@ class CatalogFeatures:
 
     def _settle_late(self, late, ua, uinv, ts, s_t, bucket, cop) -> None:
         """Credit late co-plays into ``co`` / ``co_new`` (decayed from their own
-        time, as every play's counts) and keep each account's newest play of the batch
-        as its pending play when it was not a co-play."""
+        time, as every play's counts) and keep each account's newest play of
+        the batch as its pending play when it was not a co-play."""
         c = self.accounts.cols_
         hit = late["hit"]
         if len(hit):
