@@ -3,7 +3,8 @@
 Runs ``stream.pipeline.Pipeline(models="full")`` (both stages, all play
 detectors) over the real replay (every account's newest 365-day piece shifted
 onto one window, event-time order) in micro-batches of 2,000, and prints
-events/s on one core and bytes of account-stage state per active account.
+events/s on one core, bytes of account-stage state per active account and
+bytes of the catalog stage's account table per account it holds.
 
 Timed: ``Pipeline.process`` only (not file parsing or batch slicing). Before
 timing, the numba kernels are compiled the way the worker does at start-up
@@ -68,6 +69,9 @@ def main() -> None:
     print(f"active accounts: {n_acc}; account-stage bytes per active account (account table): {per_acc:,.0f}")
     print(f"account-stage total bytes per account (with IP/device sketches): {acc.features.nbytes() / n_acc:,.0f}")
     print(f"catalog-stage bytes: {pipe.catalog.features.nbytes():,}")
+    cat = pipe.catalog.features.accounts
+    print(f"catalog-stage bytes per account (its account table, {len(cat)} accounts): "
+          f"{cat.nbytes() / max(len(cat), 1):,.0f}")
     import os
 
     print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
