@@ -401,7 +401,14 @@ class CatalogFeatures:
         th = self.tracks.table.hash_[tr]
         qk = combine(th, b.astype(np.uint64))
         hour = b * self.bucket_s // 3600
-        before = _arrivals_before(np.r_[kc, qk], np.r_[ts, qt], newcell)[len(kc):]
+        # this batch's arrivals in the pending cells, before each query time
+        # (only the few arrivals whose cell is a pending one are sorted)
+        before = np.zeros(len(qk), np.int64)
+        ak = kc[newcell]
+        mine = np.isin(ak, qk)
+        if mine.any():
+            sel = newcell[mine]
+            before = _arrivals_before(np.r_[kc[sel], qk], np.r_[ts[sel], qt], np.arange(len(sel)))[len(sel):]
         cnt_b = self.coplay.query(qk, hour) + before
         bp = b - 1
         hp = bp * self.bucket_s // 3600
