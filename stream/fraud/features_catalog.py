@@ -358,7 +358,7 @@ class CatalogFeatures:
         decay_add(c["co"], ua, f, uinv, w * cop)
         decay_add(c["co_new"], ua, f, uinv, w * co_new)
         if late is not None:
-            self._settle_late(late, ua, uinv, ts, s_t, bucket, cop)
+            self._settle_late(late, ua, uinv, ts, s_t, bucket, cop, new_track)
         decay_add(c["newart"], ua, f, uinv, w * new_artist)
         decay_add(c["newad"], ua, f, uinv, w * new_artist_d)
         decay_add(c["loopart"], ua, f, uinv, w * loop_art)
@@ -367,7 +367,7 @@ class CatalogFeatures:
                     pair_track=pt, pair_artist=pa, co=co, coplay=cop, cokey=kc, new_artist=new_artist,
                     set_size=set_size, set_key=set_key)
 
-    def _late_coplays(self, acc, ah, ts, kc, newcell) -> dict | None:
+    def _late_coplays(self, acc, ah, ts, kc, newcell) -> dict:
         """Judge each account's pending play (its last play, which was not a
         co-play when it arrived) again at the account's first play of this
         batch: the accounts that reached the pending play's cell since then
@@ -378,19 +378,21 @@ class CatalogFeatures:
         arrivals before the account's first play of this batch, never later
         ones. Called before this batch's arrivals enter the cell counts.
 
+        Pending plays are on new tracks only (:meth:`_settle_late` keeps no
+        other): benign clones of one listener fill the cells of its
+        long-known favourites one after another.
+
         Returns:
-            ``None`` when no account of the batch has a pending play, else a
-            dict of the accounts' first-play index in the batch (``first``),
-            their table rows (``rows``), and whether their pending play is
-            now a co-play (``co``) and on a new track (``new``).
+            dict: ``rows`` the table rows of the batch's accounts, ``first``
+            their first play's index in the batch, ``hit`` the rows whose
+            pending play is now a co-play.
         """
         c = self.accounts.cols_
         first = group_index(acc)[0]
         rows = acc[first]
         pend = np.flatnonzero(c["lc_bucket"][rows] > 0)
         if not len(pend):
-            return {"rows": rows, "first": first, "hit": np.zeros(0, np.int64),
-                    "new": np.zeros(0, bool)}
+            return {"rows": rows, "first": first, "hit": np.zeros(0, np.int64)}
         r = rows[pend]
         qt = ts[first[pend]]
         b = c["lc_bucket"][r].astype(np.int64)
@@ -422,28 +424,23 @@ class CatalogFeatures:
         if co.any():
             j = np.flatnonzero(co)
             co[j] = pdtrc((cnt[j] - 1).astype(np.float64), lam[j]) < self.co_p
-        tfs = self.tracks.table.cols_["first_seen"][tr]
-        lts = c["lc_ts"][r]
-        new = (lts - tfs < NEW_S) & (tfs > self.t0_ + NEW_S)
-        # on new tracks only (a farm's payload): benign clones of one listener
-        # fill cells of its long-known favourites after one another
-        co &= new
-        return {"rows": rows, "first": first, "hit": r[co], "new": new[co]}
+        return {"rows": rows, "first": first, "hit": r[co]}
 
-    def _settle_late(self, late, ua, uinv, ts, s_t, bucket, cop) -> None:
+    def _settle_late(self, late, ua, uinv, ts, s_t, bucket, cop, new_track) -> None:
         """Credit late co-plays into ``co`` / ``co_new`` (decayed from their own
         time, as every play's counts) and keep each account's newest play of
-        the batch as its pending play when it was not a co-play."""
+        the batch as its pending play when it is on a new track and was not
+        a co-play."""
         c = self.accounts.cols_
         hit = late["hit"]
         if len(hit):
             w = np.exp(-(c["t_ref"][hit] - c["lc_ts"][hit]) / TAU_DAY)
             c["co"][hit] += w
-            c["co_new"][hit] += w * late["new"]
+            c["co_new"][hit] += w
         c["lc_bucket"][late["rows"]] = 0
         o = np.lexsort((ts, uinv))
         last = o[np.r_[uinv[o][1:] != uinv[o][:-1], True]]
-        keep = last[~cop[last]]
+        keep = last[~cop[last] & new_track[last]]
         r = ua[uinv[keep]]
         c["lc_track"][r] = s_t[keep]
         c["lc_bucket"][r] = bucket[keep]
