@@ -301,15 +301,8 @@ class CatalogFeatures:
             span = float(self.bucket_s)
         # expected accounts in the window from the track's last-hour rate (tau
         # 1 h, so it follows a release's ramp), without the window's own plays
-        n1 = self.tracks.table.cols_["n1"][s_t].astype(np.float64)
-        lam = np.maximum((n1 - cnt_all) / TAU_HOUR * span, 0.0) + 0.05
         co = cnt - 1
-        # Poisson tail P(X >= cnt) = poisson.sf(cnt - 1, lam) = pdtrc(cnt - 1, lam),
-        # needed only where co >= co_min
-        cop = co >= self.co_min
-        if cop.any():
-            j = np.flatnonzero(cop)
-            cop[j] = pdtrc((cnt[j] - 1).astype(np.float64), lam[j]) < self.co_p
+        cop = self._coplay(cnt, self.tracks.table.cols_["n1"][s_t], cnt_all, span)
         # co-plays on new tracks (first seen < NEW_S ago, after the cold start):
         # a farm's payload; benign clusters co-play on long-known favourites
         tfs = self.tracks.table.cols_["first_seen"][s_t]
@@ -367,6 +360,19 @@ class CatalogFeatures:
                     pair_track=pt, pair_artist=pa, co=co, coplay=cop, cokey=kc, new_artist=new_artist,
                     set_size=set_size, set_key=set_key)
 
+    def _coplay(self, cnt, n1, cnt_out, span) -> np.ndarray:
+        """Co-play test, bool (n,): ``cnt`` accounts in a play's window (its
+        own included) are ``co_min``+ others and improbable (Poisson tail <
+        ``co_p``) at the track's last-hour rate ``n1`` (decayed plays, tau
+        1 h) without the window's own ``cnt_out`` accounts, over ``span``
+        seconds (float (n,) each)."""
+        lam = np.maximum((np.asarray(n1, np.float64) - cnt_out) / TAU_HOUR * span, 0.0) + 0.05
+        cop = cnt - 1 >= self.co_min
+        if cop.any():  # Poisson tail P(X >= cnt) = poisson.sf(cnt - 1, lam) = pdtrc(cnt - 1, lam)
+            j = np.flatnonzero(cop)
+            cop[j] = pdtrc((cnt[j] - 1).astype(np.float64), lam[j]) < self.co_p
+        return cop
+
     def _late_coplays(self, acc, ah, ts, kc, newcell) -> dict:
         """Judge each account's pending play (its last play, which was not a
         co-play when it arrived) again at the account's first play of this
@@ -418,12 +424,7 @@ class CatalogFeatures:
         own_prev = self.coplay_acc.query(combine(kp, ah[first[pend]]), hp) > 0
         cnt = cnt_b + np.maximum(self.coplay.query(kp, hp) - own_prev, 0)
         span = np.minimum(qt, (b + 1) * self.bucket_s) - bp * self.bucket_s
-        n1 = self.tracks.table.cols_["n1"][tr].astype(np.float64)
-        lam = np.maximum((n1 - cnt) / TAU_HOUR * span, 0.0) + 0.05
-        co = cnt - 1 >= self.co_min
-        if co.any():
-            j = np.flatnonzero(co)
-            co[j] = pdtrc((cnt[j] - 1).astype(np.float64), lam[j]) < self.co_p
+        co = self._coplay(cnt, self.tracks.table.cols_["n1"][tr], cnt, span)
         return {"rows": rows, "first": first, "hit": r[co]}
 
     def _settle_late(self, late, ua, uinv, ts, s_t, bucket, cop, new_track) -> None:
