@@ -335,6 +335,35 @@ def test_a_home_line_outlives_a_day_on_three_carrier_nats():
     assert np.all(np.diff(out[:, c_ip]) <= 0.0)  # the home line is still known
 
 
+def test_a_new_phone_on_a_line_the_owners_phone_joins_is_the_households():
+    """Session 12: a daytime listener's new tablet first plays at night on a
+    new line of its own (a move, a new router): a stranger's device at home,
+    whose hours' surprise counts. Once the owner's own phone plays from that
+    line too, the tablet is the household's and its night plays add nothing
+    (held-out seed 59: 41 nats over one day for such a listener). On a line
+    the owner's phone never uses, the same tablet keeps adding evidence."""
+    c_odd = FEATURE_NAMES.index("odd_hour_new_device")
+    found = {}
+    for case, phone_joins in (("household", True), ("stranger", False)):
+        m = AccountFraudModel(Settings())
+        rows = _daytime_listener(np.random.default_rng(5))
+        night1 = T0 + 4 * 86400 + 1 * 3600 + np.arange(0, 2 * 3600, 240.0)  # 01:00-03:00
+        rows += _rows("owner", night1, ["New::song"] * len(night1), ip="198.51.100.7", device_id="tablet",
+                      country="FR")
+        if phone_joins:  # the owner's phone on the new line, the next morning
+            ts = T0 + 4 * 86400 + 10 * 3600 + np.arange(0, 3600, 300.0)
+            rows += _rows("owner", ts, ["Home::song 1"] * len(ts), ip="198.51.100.7", device_id="phone",
+                          country="FR")
+        _run(m, rows, size=40)
+        out = []
+        for t in T0 + 4 * 86400 + 20 * 3600 + np.arange(0, 2 * 3600, 240.0):  # the tablet, 20:00-22:00
+            _, X, _ = m.features.update(PlayBatch.from_dicts(_rows("owner", [t], ["New::song"], ip="198.51.100.7",
+                                                                   device_id="tablet", country="FR")))
+            out.append(X[0, c_odd])
+        found[case] = np.array(out)
+    assert np.all(np.diff(found["household"]) <= 0.0)  # only decays: no new surprise
+    assert found["stranger"][-1] > found["stranger"][0]  # control: a stranger's device keeps adding
+
 def test_a_strangers_phone_on_its_own_line_at_night_at_home():
     """The victim's country, a phone never seen before, on an IP no other
     account uses, at the owner's sleeping hours: the hours' surprise (not the

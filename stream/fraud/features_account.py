@@ -143,8 +143,9 @@ _ACCOUNT_COLS = {
     "win_ctrybits": ("u8", (WIN_BLOCKS,)),
     "last_ipslot": ("i8", ()), "last_devslot": ("i8", ()),
     "dev_odd": ("u1", (3,)), "ctry_own": ("u1", (3,)),
-    # per remembered IP: a line of the account's own (no other account on it)
-    "ip_own": ("u1", (3,)),
+    # per remembered IP: a line of the account's own (no other account on it),
+    # and a line one of the owner's devices has played from (session 12)
+    "ip_own": ("u1", (3,)), "ip_vouch": ("u1", (3,)),
     # IP set of the day (bottom-k sketch, its day) and its largest group today
     "ipset_sig": ("u8", (IPSET_K,)), "ipset_day": ("i4", ()), "ipset_n": ("f4", ()),
     "newlonely": ("f4", ()), "newctry_w": ("f4", ()),
@@ -362,7 +363,8 @@ class AccountFeatures:
         known = acct_age > self.identity_age_s
         newdev, born, dcol = self._novel(a, dev, ts, "dev", "dev_t", flag="dev_odd")
         newdev &= known
-        newip_any, ip_born, _ = self._novel(a, ipc, ts, "ip", "ip_t", own=ip_acc_ev <= LONELY_IP_ACCOUNTS)
+        newip_any, ip_born, icol = self._novel(a, ipc, ts, "ip", "ip_t", flag="ip_vouch",
+                                               own=ip_acc_ev <= LONELY_IP_ACCOUNTS)
         newip = newip_any & known
         newctry, ctry_born, ccol = self._novel(a, ctry, ts, "ctry", "ctry_t", flag="ctry_own")
         newctry &= known
@@ -373,6 +375,14 @@ class AccountFeatures:
         # plays elsewhere are not a new identity
         lonely = ip_acc_ev <= LONELY_IP_ACCOUNTS
         c["dev_odd"][a[born], dcol[born]] = newip[born] & (newctry[born] | lonely[born])
+        # a device seen on a line one of the owner's devices has played from
+        # (before this batch) is the household's: a listener whose new phone
+        # first played on a new home line, with the old phone joining it there
+        # the next day, scored 41 nats of odd hours over one day (held-out
+        # seed 59, session 12); a hijacker's line never sees the owner's devices
+        ip_vouched = np.where(icol >= 0, c["ip_vouch"][a, icol], 0) == 1
+        household = ip_vouched & (dcol >= 0)
+        c["dev_odd"][a[household], dcol[household]] = 0
         dev_odd = np.where(dcol >= 0, c["dev_odd"][a, dcol], 0)
         # a country where one of the owner's devices has played (a trip, a
         # VPN exit) is the owner's: a new device there is not a stranger
@@ -391,6 +401,8 @@ class AccountFeatures:
         strange = abroad | at_home  # a stranger's play
         vouch = (dev != 0) & (ccol >= 0) & (dev_odd == 0)
         c["ctry_own"][a[vouch], ccol[vouch]] = 1
+        vouch_ip = (dev != 0) & (icol >= 0) & (dev_odd == 0)
+        c["ip_vouch"][a[vouch_ip], icol[vouch_ip]] = 1
         # a stranger's plays do not teach the account its hours: otherwise a
         # hijacker's own night plays make the night "typical" within a few
         # plays and the odd-hour evidence dies out
