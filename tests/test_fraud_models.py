@@ -596,13 +596,21 @@ def test_a_farms_first_arrivals_in_a_cell_are_late_coplays_judged_causally():
     # an early bot: plays A just after bot 0, then B before anyone else
     # reached A or B (all in bot 0's bucket)
     rows += _rows("early", t0 + np.array([1.0, 5.0, 900.0]), [f"Brand New::{k}" for k in "ABC"])
+    # on two more new tracks: a bot first on E (three others follow within
+    # seconds) whose next play, F, comes in the same batch of 4: E is judged
+    # at F as in batches of one (session 12); and one first on G, back 3 h
+    # later (G's cell no longer counted)
+    for k in range(3):
+        rows += _rows(f"e{k}", [t0 + 3001.0 + k, t0 + 3006.0 + k], ["Brand New::E", "Brand New::G"])
+    rows += _rows("early2", t0 + np.array([3000.0, 3005.0]), ["Brand New::E", "Brand New::F"])
+    rows += _rows("sleeper", t0 + np.array([3005.5, 3 * 3600.0]), ["Brand New::G", "Brand New::H"])
     cos = []
-    for size in (1, 4):
+    for size in (1, 4, 16):
         m = CatalogFraudModel(Settings())
         _run(m, rows, size=size)
         t = m.features.accounts
         cos.append({a: c for a, c in zip(t.ids_, np.round(t.cols_["co"], 2).tolist()) if a})
-    assert cos[0] == cos[1]  # the same counts whatever the batch size
+    assert cos[0] == cos[1] == cos[2]  # the same counts whatever the batch size
     co = cos[0]
     # bots 3-7 co-play on arrival in every cell; bots 0-2 are among the first
     # three in one or two cells and are credited late there (their last play,
@@ -615,11 +623,13 @@ def test_a_farms_first_arrivals_in_a_cell_are_late_coplays_judged_causally():
     # never credited; its B was judged at its C (B full by then); C co-played
     # on arrival
     assert co["early"] == pytest.approx(2.0, abs=0.05)
+    # E held three others at early2's F: credited; G too, but 3 h later: not
+    assert co["early2"] == pytest.approx(1.0, abs=0.05) and co["sleeper"] == 0.0
     # the same farm on long-known tracks (a listener's clones replaying its
     # favourites): co-plays on arrival count, late ones do not
     old = [r for r in rows if r["account_id"].startswith("user")]
     for r in rows:
-        if r["account_id"].startswith(("bot", "early")):
+        if r["account_id"].startswith(("bot", "early")) and r["track_id"][-1] in "ABC" and r["account_id"] != "early2":
             k = "ABC".index(r["track_id"][-1])
             old.append(dict(r, track_id=f"Artist{k}::song {k}", artist_id=f"Artist{k}"))
     m = CatalogFraudModel(Settings())

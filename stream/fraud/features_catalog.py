@@ -283,7 +283,8 @@ class CatalogFeatures:
             # each play sees only accounts that reached its cell before it (no
             # look-ahead into the rest of the batch: the same evidence whatever
             # the batch size) plus the accounts of the track's previous bucket
-            cnt = self.coplay.query(kc, hour) + _arrivals_before(kc, ts, newcell)
+            pre = self.coplay.query(kc, hour)
+            cnt = pre + _arrivals_before(kc, ts, newcell)
             self.coplay.add(kc[newcell], hour[newcell])
             bprev = bucket - 1
             hprev = bprev * self.bucket_s // 3600
@@ -308,6 +309,10 @@ class CatalogFeatures:
         tfs = self.tracks.table.cols_["first_seen"][s_t]
         new_track = (ts - tfs < NEW_S) & (tfs > self.t0_ + NEW_S)
         co_new = cop & new_track
+        # a play judged again at the account's next play in this batch (as one
+        # pending from an earlier batch is at its first play here)
+        late_in = (self._late_in_batch(acc, ts, kc, newcell, pre, prev, s_t, bucket, cop | ~new_track)
+                   if self.causal else np.zeros(len(ts), bool))
         # accounts holding the same set of new tracks today (playlist
         # stuffing): a play joins its set's group while the account is still
         # a light listener of the track (heavy ones are concentration's case)
@@ -348,8 +353,8 @@ class CatalogFeatures:
         c["t_ref"][ua] = ref
         w = np.exp(-(ref[uinv] - ts) / TAU_DAY)
         decay_add(c["n"], ua, f, uinv, w)
-        decay_add(c["co"], ua, f, uinv, w * cop)
-        decay_add(c["co_new"], ua, f, uinv, w * co_new)
+        decay_add(c["co"], ua, f, uinv, w * (cop | late_in))
+        decay_add(c["co_new"], ua, f, uinv, w * (co_new | late_in))
         if late is not None:
             self._settle_late(late, ua, uinv, ts, s_t, bucket, cop, new_track)
         decay_add(c["newart"], ua, f, uinv, w * new_artist)
@@ -426,6 +431,38 @@ class CatalogFeatures:
         span = np.minimum(qt, (b + 1) * self.bucket_s) - bp * self.bucket_s
         co = self._coplay(cnt, self.tracks.table.cols_["n1"][tr], cnt, span)
         return {"rows": rows, "first": first, "hit": r[co]}
+
+    def _late_in_batch(self, acc, ts, kc, newcell, pre, prev, s_t, bucket, skip) -> np.ndarray:
+        """Late co-plays inside a batch, bool (n,): a play (not ``skip``: a
+        co-play on arrival, or not on a new track) judged again at the
+        account's next play in the same batch, counting the accounts that
+        reached its cell by then (``pre``: the cell's count before the batch,
+        ``prev``: the previous bucket's other accounts, int (n,) each).
+        With :meth:`_late_coplays` (a batch's last play judged at the
+        account's first play of a later batch) every play is judged at the
+        account's next play wherever the batch boundaries fall: the same
+        counts as play-by-play processing. Until session 12 a play and the
+        next one in the same batch were not judged against each other, so
+        300-s batches (``playguard eval``) credited fewer late co-plays than
+        the worker's micro-batches."""
+        hit = np.zeros(len(ts), bool)
+        o = np.lexsort((ts, acc))
+        same = acc[o][1:] == acc[o][:-1]
+        nxt = np.full(len(ts), -1, np.int64)
+        nxt[o[:-1][same]] = o[1:][same]
+        i = np.flatnonzero((nxt >= 0) & ~skip)
+        # only a cell still in the rotating counts (this hour or the last)
+        i = i[(ts[nxt[i]] // self.bucket_s).astype(np.int64) - bucket[i] <= 2]
+        if not len(i):
+            return hit
+        q = ts[nxt[i]]
+        b = bucket[i]
+        span = np.minimum(q, (b + 1) * self.bucket_s) - (b - 1) * self.bucket_s
+        before = _arrivals_before(np.r_[kc[newcell], kc[i]], np.r_[ts[newcell], q],
+                                  np.arange(len(newcell)))[len(newcell):]
+        cnt = pre[i] + before + prev[i]
+        hit[i] = self._coplay(cnt, self.tracks.table.cols_["n1"][s_t[i]], cnt, span)
+        return hit
 
     def _settle_late(self, late, ua, uinv, ts, s_t, bucket, cop, new_track) -> None:
         """Credit late co-plays into ``co`` / ``co_new`` (decayed from their own
