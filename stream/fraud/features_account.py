@@ -160,7 +160,9 @@ def _crc(values, cache: dict | None = None) -> np.ndarray:
     it is emptied when it passes 200,000 entries.
     """
     n = len(values)
-    if isinstance(values, list) and values.count(None) == n:  # column absent (C-speed identity compares)
+    # column absent: every value None. The first value settles most columns
+    # (list.count compares a string with None slowly)
+    if isinstance(values, list) and (n == 0 or values[0] is None) and values.count(None) == n:
         return np.zeros(n, np.uint32)
     if cache is None:
         return np.fromiter((zlib.crc32(v.encode()) | 1 if v else 0 for v in values), np.uint32, n)
@@ -351,8 +353,8 @@ class AccountFeatures:
         c["last_dev"][la[newer]] = dev_s[last][newer]
         c["last_ctry"][la[newer]] = ctry_s[last][newer]
         # ---- IP / device fan-in (distinct accounts, today + yesterday)
-        ip_acc_ev = self._fanin(self.ips, self.ip_hll, batch.ip, a, ts, day)
-        dev_acc_ev = self._fanin(self.devices, self.dev_hll, batch.device_id, a, ts, day)
+        ip_acc_ev = self._fanin(self.ips, self.ip_hll, batch.ip, ipc, a, ts, day)
+        dev_acc_ev = self._fanin(self.devices, self.dev_hll, batch.device_id, dev, a, ts, day)
         ipset_n = self._ip_sets(a, slots, inv, ts, day, ipc)
         # ---- new device / IP / country
         acct_age = ts - c["first_seen"][a]
@@ -601,15 +603,21 @@ class AccountFeatures:
             inserted[fi] = col[fi] >= 0
         return nz & (ts - tfirst < DAY), inserted, col
 
-    def _fanin(self, table: SlotTable, hll: list[HLLBank], ids, a, ts, day) -> np.ndarray:
+    def _fanin(self, table: SlotTable, hll: list[HLLBank], ids, crc, a, ts, day) -> np.ndarray:
         """Update an IP / device table; per-event distinct accounts (today and
-        yesterday, HyperLogLog) of the event's IP / device (0 when absent)."""
+        yesterday, HyperLogLog) of the event's IP / device (0 when absent).
+
+        ``crc`` (uint32 (n,)) are the ids' :func:`_crc` hashes: 0 marks a
+        ``None`` or empty id, so only those are tested for ``None``."""
         out = np.zeros(len(ids))
-        n_none = ids.count(None)
-        if n_none == len(ids):
+        zero = np.flatnonzero(crc == 0)
+        if len(zero) == len(ids) and ids.count(None) == len(ids):  # column absent
             return out
-        if n_none:
-            idx = np.flatnonzero(np.fromiter((v is not None for v in ids), bool, len(ids)))
+        none = [i for i in zero.tolist() if ids[i] is None]
+        if none:
+            keep = np.ones(len(ids), bool)
+            keep[none] = False
+            idx = np.flatnonzero(keep)
             s = table.lookup([ids[i] for i in idx])
         else:
             idx = np.arange(len(ids))
