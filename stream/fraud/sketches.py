@@ -353,6 +353,25 @@ def linear_count(bits: np.ndarray) -> np.ndarray:
     return -m * np.log(zeros / m)
 
 
+def _periods(period: np.ndarray) -> list[tuple[int, np.ndarray | None]]:
+    """The distinct values of int64 ``period`` (n >= 1) in ascending order,
+    each with its bool mask (n,), or ``None`` when it is the only value.
+
+    A batch spans a few consecutive periods (hours, days): they are found by
+    comparing with each period from the smallest to the largest (no sort);
+    a wide span (late events) falls back to ``np.unique``."""
+    pmin, pmax = int(period.min()), int(period.max())
+    if pmin == pmax:
+        return [(pmin, None)]
+    ps = range(pmin, pmax + 1) if pmax - pmin < 8 else np.unique(period).tolist()
+    out = []
+    for p in ps:
+        sel = period == p
+        if sel.any():
+            out.append((p, sel))
+    return out
+
+
 class RotatingCountMin:
     """Count-min sketches for ``k`` consecutive periods (days, hours...).
 
@@ -386,17 +405,17 @@ class RotatingCountMin:
         if len(period) == 0:
             return
         keys = np.asarray(keys)
-        pmin, pmax = int(period.min()), int(period.max())
-        lo = max(pmax, int(self.period_.max())) - self.k + 1
-        ps = np.array([pmin]) if pmin == pmax else np.unique(period)
-        for p in ps[ps >= lo].tolist():
+        lo = max(int(period.max()), int(self.period_.max())) - self.k + 1
+        for p, sel in _periods(period):
+            if p < lo:
+                continue
             j = p % self.k
             if self.period_[j] < p:
                 if self.period_[j] >= 0:
                     self.banks[j].clear()
                 self.period_[j] = p
             if self.period_[j] == p:
-                self.banks[j].add(keys if len(ps) == 1 else keys[period == p])
+                self.banks[j].add(keys if sel is None else keys[sel])
 
     def query(self, keys: np.ndarray, period: np.ndarray) -> np.ndarray:
         """Counts of ``keys`` in their ``period`` (0 for periods no longer kept)."""
@@ -405,14 +424,11 @@ class RotatingCountMin:
         out = np.zeros(len(keys), np.int64)
         if len(period) == 0:
             return out
-        pmin, pmax = int(period.min()), int(period.max())
-        ps = np.array([pmin]) if pmin == pmax else np.unique(period)
-        for p in ps.tolist():
+        for p, sel in _periods(period):
             j = p % self.k
             if self.period_[j] == p:
-                if len(ps) == 1:
+                if sel is None:
                     return self.banks[j].query(keys)
-                sel = period == p
                 out[sel] = self.banks[j].query(keys[sel])
         return out
 
