@@ -231,10 +231,13 @@ class SlotTable:
         """Drop entities inactive since ``now - ttl_s``; returns how many
         (their slots are left in ``last_expired_``)."""
         dead = np.flatnonzero(self.live_ & (self.last_seen_ < now - self.ttl_s))
-        for s in dead.tolist():
-            del self.index_[self.ids_[s]]
-            self.ids_[s] = None
-            self.free_.append(s)
+        dl = dead.tolist()
+        index, ids = self.index_, self.ids_
+        for i in map(ids.__getitem__, dl):
+            del index[i]
+        for s in dl:
+            ids[s] = None
+        self.free_.extend(dl)
         for a in self.cols_.values():
             a[dead] = 0
         self.last_seen_[dead] = 0
