@@ -42,8 +42,6 @@ plays mostly (> ``loop_share``) end at 30-40 s (loop and payout-gaming catalogs)
 
 from __future__ import annotations
 
-from operator import itemgetter
-
 import numpy as np
 from scipy.special import pdtrc
 
@@ -82,13 +80,17 @@ _ACC_COLS = {"t_ref": ("f8", ()), "n": ("f4", ()), "co": ("f4", ()), "co_new": (
              "lc_track": ("i4", ()), "lc_bucket": ("i4", ()), "lc_ts": ("f8", ())}
 
 
-def _pick(values: list, idx: np.ndarray) -> list:
-    """``[values[i] for i in idx]`` with a C-level getter."""
-    if len(idx) == 0:
-        return []
-    if len(idx) == 1:
-        return [values[int(idx[0])]]
-    return list(itemgetter(*idx.tolist())(values))
+def _unknown(ids: list[str], slots: np.ndarray) -> np.ndarray:
+    """Bool (n,): ids with no identity (in ``UNKNOWN_IDS``, the rule of
+    :meth:`PlayBatch.known_identity`), given their track or artist table
+    slots (n,) from :meth:`SlotTable.find`. Only ids the table does not hold
+    (slot -1) are tested: the tables never hold an id with no identity."""
+    out = np.zeros(len(ids), bool)
+    miss = np.flatnonzero(slots < 0)
+    if len(miss):
+        unk = UNKNOWN_IDS.__contains__
+        out[miss] = np.fromiter(map(unk, map(ids.__getitem__, miss.tolist())), bool, len(miss))
+    return out
 
 
 class _EntityState:
@@ -236,27 +238,28 @@ class CatalogFeatures:
             ``artist_heavy``, ``pair_track``, ``pair_artist`` (plays today),
             ``co`` (other plays in the track's bucket), ``new_artist`` (bool).
         """
-        # same rule as PlayBatch.known_identity, with C-level membership tests
-        unk = UNKNOWN_IDS.__contains__
-        known = ~(np.fromiter(map(unk, batch.artist_id), bool, len(batch))
-                  | np.fromiter(map(unk, batch.track_id), bool, len(batch)))
+        # every play's entities as the tables hold them (nothing allocated
+        # yet): a known id needs no identity test
+        acc = self.accounts.find(batch.account_id)
+        ts_slots = self.tracks.table.find(batch.track_id)
+        ar_slots = self.artists.table.find(batch.artist_id)
+        known = ~(_unknown(batch.artist_id, ar_slots) | _unknown(batch.track_id, ts_slots))
         idx = np.flatnonzero(known)
         ts = np.asarray(batch.ts, np.float64)[idx]
         if self.t0_ == 0.0 and len(ts):
             self.t0_ = float(ts.min())
-        full = len(idx) == len(batch)
-        acc_ids = batch.account_id if full else _pick(batch.account_id, idx)
-        acc = self.accounts.lookup(acc_ids)
+        rows = None if len(idx) == len(batch) else idx
+        if rows is not None:
+            acc, ts_slots, ar_slots = acc[idx], ts_slots[idx], ar_slots[idx]
+        acc = self.accounts.admit(batch.account_id, acc, rows)
         self.accounts.touch(acc, ts)
         ah = self.accounts.hash_[acc]
-        tr_ids = batch.track_id if full else _pick(batch.track_id, idx)
-        ar_ids = batch.artist_id if full else _pick(batch.artist_id, idx)
         day = (ts // DAY).astype(np.int64)
         ms = np.asarray(batch.ms_played)[idx]
         is3040 = (ms >= 30000) & (ms < 40000)
-        # pair counters first (need entity hashes: look the entities up first)
-        ts_slots = self.tracks.table.lookup(tr_ids)
-        ar_slots = self.artists.table.lookup(ar_ids)
+        # pair counters first (need entity hashes: allocate the entities first)
+        ts_slots = self.tracks.table.admit(batch.track_id, ts_slots, rows)
+        ar_slots = self.artists.table.admit(batch.artist_id, ar_slots, rows)
         kt = combine(ah, self.tracks.table.hash_[ts_slots])
         ka = combine(ah, self.artists.table.hash_[ar_slots])
         self.pair_track.add(kt, day)

@@ -203,12 +203,33 @@ class SlotTable:
         One C-level dict probe per id (``map(dict.get)``); new ids are hashed
         and given slots together.
         """
+        return self.admit(ids, self.find(ids))
+
+    def find(self, ids: list[str]) -> np.ndarray:
+        """Slots (int64, shape (n,)) of ``ids``, -1 for an id the table does
+        not hold (nothing is allocated)."""
         n = len(ids)
+        return np.fromiter(map(self.index_.get, ids, repeat(-1, n)), np.int64, n)
+
+    def admit(self, ids: list[str], slots: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Complete :meth:`find` results, allocating new entities.
+
+        Args:
+            ids: n ids.
+            slots: int64 (m,) :meth:`find` result of ``ids[rows]`` (of every
+                id when ``rows`` is None); its -1 entries are filled in place.
+            rows: int (m,) indices into ``ids``, or None.
+
+        Returns:
+            ``slots``: the same as :meth:`lookup` of ``ids[rows]`` (new ids
+            get slots in order of first appearance).
+        """
         get = self.index_.get
-        slots = np.fromiter(map(get, ids, repeat(-1, n)), np.int64, n)
         miss = np.flatnonzero(slots < 0)
         if len(miss):
-            new = list(dict.fromkeys([ids[i] for i in miss.tolist()]))
+            at = miss.tolist() if rows is None else rows[miss].tolist()
+            missing = [ids[i] for i in at]
+            new = list(dict.fromkeys(missing))
             if len(new) > len(self.free_):
                 self._grow(len(self.index_) + len(new))
             k = len(new)
@@ -220,7 +241,7 @@ class SlotTable:
                 ids_[sl] = i
             self.hash_[got] = stable_hash64(new)
             self.live_[got] = True
-            slots[miss] = np.fromiter(map(get, [ids[i] for i in miss.tolist()]), np.int64, len(miss))
+            slots[miss] = np.fromiter(map(get, missing), np.int64, len(miss))
         return slots
 
     def touch(self, slots: np.ndarray, ts: np.ndarray) -> None:
