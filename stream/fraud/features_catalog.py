@@ -42,6 +42,7 @@ plays mostly (> ``loop_share``) end at 30-40 s (loop and payout-gaming catalogs)
 
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
 from scipy.special import pdtrc
 
@@ -158,6 +159,40 @@ class _EntityState:
         return s, np.maximum(listeners, heavy), heavy
 
 
+@nb.njit
+def _arrivals_kernel(inv, g, ts, arrivals, out):
+    # arrival times grouped by cell (ascending, NaN last), then per play a
+    # binary search for the arrivals at or before its time (all for a NaN time)
+    start = np.zeros(g + 1, np.int64)
+    for k in range(len(arrivals)):
+        start[inv[arrivals[k]] + 1] += 1
+    for j in range(g):
+        start[j + 1] += start[j]
+    fill = start[:g].copy()
+    times = np.empty(len(arrivals))
+    for k in range(len(arrivals)):
+        j = inv[arrivals[k]]
+        times[fill[j]] = ts[arrivals[k]]
+        fill[j] += 1
+    for j in range(g):
+        times[start[j]:start[j + 1]] = np.sort(times[start[j]:start[j + 1]])
+    for i in range(len(inv)):
+        lo = start[inv[i]]
+        hi = start[inv[i] + 1]
+        t = ts[i]
+        if np.isnan(t):
+            out[i] = hi - lo
+            continue
+        a = lo
+        while a < hi:  # first arrival later than t (or NaN)
+            mid = (a + hi) // 2
+            if times[mid] <= t:
+                a = mid + 1
+            else:
+                hi = mid
+        out[i] = a - lo
+
+
 def _arrivals_before(cells: np.ndarray, ts: np.ndarray, arrivals: np.ndarray) -> np.ndarray:
     """Per play (n,): how many of the batch's new (cell, account) arrivals
     (indices ``arrivals`` into ``cells`` / ``ts``) reached the play's cell at or
@@ -173,18 +208,10 @@ def _arrivals_before(cells: np.ndarray, ts: np.ndarray, arrivals: np.ndarray) ->
     m, n = len(arrivals), len(cells)
     if m == 0:
         return np.zeros(n, np.int64)
-    keys = np.r_[cells[arrivals], cells]
-    tt = np.r_[ts[arrivals], ts]
-    isarr = np.r_[np.ones(m, np.int64), np.zeros(n, np.int64)]
-    o = np.lexsort((1 - isarr, tt, keys))  # by cell, time; arrivals before plays at equal times
-    a = isarr[o]
-    cs = np.cumsum(a)
-    ks = keys[o]
-    start = np.r_[True, ks[1:] != ks[:-1]]
-    first = np.maximum.accumulate(np.where(start, np.arange(len(o)), 0))
-    out = np.empty(m + n, np.int64)
-    out[o] = cs - cs[first] + a[first]
-    return out[m:]
+    first, inv, _ = group_index(cells)
+    out = np.empty(n, np.int64)
+    _arrivals_kernel(inv, len(first), np.asarray(ts, np.float64), np.asarray(arrivals, np.int64), out)
+    return out
 
 
 class CatalogFeatures:
