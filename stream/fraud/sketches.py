@@ -353,25 +353,6 @@ def linear_count(bits: np.ndarray) -> np.ndarray:
     return -m * np.log(zeros / m)
 
 
-def _periods(period: np.ndarray) -> list[tuple[int, np.ndarray | None]]:
-    """The distinct values of int64 ``period`` (n >= 1) in ascending order,
-    each with its bool mask (n,), or ``None`` when it is the only value.
-
-    A batch spans a few consecutive periods (hours, days): they are found by
-    comparing with each period from the smallest to the largest (no sort);
-    a wide span (late events) falls back to ``np.unique``."""
-    pmin, pmax = int(period.min()), int(period.max())
-    if pmin == pmax:
-        return [(pmin, None)]
-    ps = range(pmin, pmax + 1) if pmax - pmin < 8 else np.unique(period).tolist()
-    out = []
-    for p in ps:
-        sel = period == p
-        if sel.any():
-            out.append((p, sel))
-    return out
-
-
 class RotatingCountMin:
     """Count-min sketches for ``k`` consecutive periods (days, hours...).
 
@@ -405,9 +386,12 @@ class RotatingCountMin:
         if len(period) == 0:
             return
         keys = np.asarray(keys)
-        lo = max(int(period.max()), int(self.period_.max())) - self.k + 1
-        for p, sel in _periods(period):
-            if p < lo:
+        pmin, pmax = int(period.min()), int(period.max())
+        lo = max(pmax, int(self.period_.max())) - self.k + 1
+        # the batch's periods from lo up (at most k; a batch may span more)
+        for p in range(max(pmin, lo), pmax + 1):
+            sel = None if pmin == pmax else period == p
+            if sel is not None and not sel.any():
                 continue
             j = p % self.k
             if self.period_[j] < p:
@@ -424,12 +408,17 @@ class RotatingCountMin:
         out = np.zeros(len(keys), np.int64)
         if len(period) == 0:
             return out
-        for p, sel in _periods(period):
-            j = p % self.k
-            if self.period_[j] == p:
-                if sel is None:
-                    return self.banks[j].query(keys)
-                out[sel] = self.banks[j].query(keys[sel])
+        pmin, pmax = int(period.min()), int(period.max())
+        if pmin == pmax:
+            j = pmin % self.k
+            return self.banks[j].query(keys) if self.period_[j] == pmin else out
+        # a batch may span more periods than are kept: look for the kept ones
+        # (period p lives in sketch p % k)
+        for j, p in enumerate(self.period_.tolist()):
+            if p % self.k == j and pmin <= p <= pmax:
+                sel = period == p
+                if sel.any():
+                    out[sel] = self.banks[j].query(keys[sel])
         return out
 
     def state_dict(self) -> dict:
