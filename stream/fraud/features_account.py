@@ -181,6 +181,20 @@ def _crc(values, cache: dict | None = None) -> np.ndarray:
     return out.astype(np.uint32)
 
 
+def _crc_str(values: list[str]) -> np.ndarray:
+    """:func:`_crc` of a column that holds no ``None`` (track ids), uint32
+    array (n,), with no cache: one C-level CRC per value. On a stream of
+    many distinct ids this costs less than probing a large cache, whose
+    entries are scattered in memory."""
+    n = len(values)
+    h = np.fromiter(map(zlib.crc32, map(str.encode, values)), np.uint32, n)
+    zero = np.flatnonzero(h == 0)  # crc32(b"") == 0: the empty id keeps hash 0
+    h |= np.uint32(1)
+    if len(zero):
+        h[[i for i in zero.tolist() if not values[i]]] = 0
+    return h
+
+
 @nb.njit
 def _slot_index(vals, a, h, out):
     """``out[i]``: the column where account ``a[i]`` keeps value ``h[i]``
@@ -256,7 +270,7 @@ class AccountFeatures:
         dev = _crc(batch.device_id, self._hcache)
         ipc = _crc(batch.ip, self._hcache)
         ctry = _crc(batch.country, self._hcache)
-        trk = _crc(batch.track_id, self._hcache)
+        trk = _crc_str(batch.track_id)
         order = np.lexsort((ts, a))
         a_s, ts_s, st_s, dev_s, ctry_s = a[order], ts[order], start[order], dev[order], ctry[order]
         first = np.ones(n, bool)
