@@ -253,9 +253,11 @@ class SlotTable:
         (their slots are left in ``last_expired_``)."""
         dead = np.flatnonzero(self.live_ & (self.last_seen_ < now - self.ttl_s))
         dl = dead.tolist()
-        index, ids = self.index_, self.ids_
-        for i in map(ids.__getitem__, dl):
-            del index[i]
+        ids = self.ids_
+        if 2 * len(dl) <= len(self.index_):
+            index = self.index_
+            for i in map(ids.__getitem__, dl):
+                del index[i]
         for s in dl:
             ids[s] = None
         self.free_.extend(dl)
@@ -263,6 +265,11 @@ class SlotTable:
             a[dead] = 0
         self.last_seen_[dead] = 0
         self.live_[dead] = False
+        if 2 * len(dl) > len(self.index_):
+            # most entities die (e.g. a replay far faster than real time):
+            # indexing the survivors costs less than deleting the dead ids
+            keep = np.flatnonzero(self.live_).tolist()
+            self.index_ = dict(zip(map(ids.__getitem__, keep), keep))
         self.last_expired_ = dead
         return len(dead)
 
