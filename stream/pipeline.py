@@ -109,7 +109,8 @@ def warm_up(settings: Settings, models: str = "full") -> float:
 
     For the ``full`` set, compiles every detector kernel
     (:func:`detectors.warm_up`, about 8 s here), then runs two small synthetic
-    batches (64 plays of 8 accounts with IPs, devices and countries, three
+    batches (64 plays of 8 accounts with IPs, devices and countries, two
+    minutes apart, so each batch spans hours as a replay's batches do; three
     days apart) through throwaway models, so the first real
     micro-batches do not pay JIT compilation (seconds, which would show in the
     alert latency). The worker's own models are untouched.
@@ -125,11 +126,12 @@ def warm_up(settings: Settings, models: str = "full") -> float:
 
         detectors.warm_up()
     # two batches three days apart, with IPs, devices and countries, so the
-    # identity, day-rotation and expiry kernels of the fraud features compile too
+    # identity, day-rotation and expiry kernels of the fraud features compile
+    # too; each spans two hours (the rotating sketches' multi-period paths)
     now = time.time() - 4 * 86400
     pipe = Pipeline(settings, models)
     for day in (0, 3):
-        rows = [dict(event_id=f"warm-{day}-{i}", ts=now + day * 86400 + 30.0 * i, account_id=f"warm-acc-{i % 8}",
+        rows = [dict(event_id=f"warm-{day}-{i}", ts=now + day * 86400 + 120.0 * i, account_id=f"warm-acc-{i % 8}",
                      track_id=f"warm-track-{i % 5}", artist_id=f"warm-artist-{i % 3}", ms_played=31_000 + i,
                      ip=f"192.0.2.{i % 4 + day}", device_id=f"warm-dev-{i % 3 + day}",
                      country=("SE", "DE", "FR")[(i + day) % 3])

@@ -159,15 +159,28 @@ def _cm_add_kernel(table, keys, counts, seeds, mask):
             table[d, np.int64(_mix64_one(keys[i] ^ seeds[d]) & mask)] += counts[i]
 
 
+@nb.njit(inline="always")
+def _cm_estimate(table, key, seeds, mask):
+    # count-min estimate of one key: the smallest of its counters
+    est = np.int64(table[0, np.int64(_mix64_one(key ^ seeds[0]) & mask)])
+    for d in range(1, len(seeds)):
+        v = np.int64(table[d, np.int64(_mix64_one(key ^ seeds[d]) & mask)])
+        if v < est:
+            est = v
+    return est
+
+
 @nb.njit
 def _cm_query_kernel(table, keys, seeds, mask, out):
     for i in range(len(keys)):
-        est = np.int64(table[0, np.int64(_mix64_one(keys[i] ^ seeds[0]) & mask)])
-        for d in range(1, len(seeds)):
-            v = np.int64(table[d, np.int64(_mix64_one(keys[i] ^ seeds[d]) & mask)])
-            if v < est:
-                est = v
-        out[i] = est
+        out[i] = _cm_estimate(table, keys[i], seeds, mask)
+
+
+@nb.njit
+def _cm_query_where_kernel(table, keys, period, p, seeds, mask, out):
+    for i in range(len(keys)):
+        if period[i] == p:
+            out[i] = _cm_estimate(table, keys[i], seeds, mask)
 
 
 @nb.njit
@@ -289,6 +302,15 @@ class CountMin:
         if len(keys):
             _cm_query_kernel(self.table_, np.ascontiguousarray(keys, np.uint64), self._seeds, self._mask, out)
         return out
+
+    def query_where(self, keys: np.ndarray, period: np.ndarray, p: int, out: np.ndarray) -> None:
+        """``out[i]`` = estimated count of ``keys[i]`` for every i with
+        ``period[i] == p`` (others left as they are): ``out[sel] =
+        query(keys[sel])`` without the copies. keys uint64, period int64,
+        out int64, all (n,)."""
+        if len(keys):
+            _cm_query_where_kernel(self.table_, np.ascontiguousarray(keys, np.uint64),
+                                   np.ascontiguousarray(period, np.int64), p, self._seeds, self._mask, out)
 
     def clear(self) -> None:
         """Reset every counter to 0 (only the counters touched since the
@@ -416,9 +438,7 @@ class RotatingCountMin:
         # (period p lives in sketch p % k)
         for j, p in enumerate(self.period_.tolist()):
             if p % self.k == j and pmin <= p <= pmax:
-                sel = period == p
-                if sel.any():
-                    out[sel] = self.banks[j].query(keys[sel])
+                self.banks[j].query_where(keys, period, p, out)
         return out
 
     def state_dict(self) -> dict:
