@@ -175,7 +175,17 @@ def _arrivals_kernel(inv, g, ts, arrivals, out):
         times[fill[j]] = ts[arrivals[k]]
         fill[j] += 1
     for j in range(g):
-        times[start[j]:start[j + 1]] = np.sort(times[start[j]:start[j + 1]])
+        lo, hi = start[j], start[j + 1]
+        if hi - lo > 32:
+            times[lo:hi] = np.sort(times[lo:hi])
+        else:  # the usual few arrivals: insertion sort in place, NaN last as np.sort
+            for a in range(lo + 1, hi):
+                x = times[a]
+                b = a - 1
+                while b >= lo and (times[b] > x or (np.isnan(times[b]) and not np.isnan(x))):
+                    times[b + 1] = times[b]
+                    b -= 1
+                times[b + 1] = x
     for i in range(len(inv)):
         lo = start[inv[i]]
         hi = start[inv[i] + 1]
