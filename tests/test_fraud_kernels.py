@@ -353,3 +353,67 @@ def test_hll_clear_rows_by_index_or_mask_and_crc_of_absent_columns():
     assert np.array_equal(_crc(vals, cache), want) and np.array_equal(_crc(vals, cache), want)
     assert np.array_equal(_crc(vals), want)
     assert np.array_equal(_crc([None] * 4, cache), np.zeros(4, np.uint32))
+
+
+def ref_arrivals_before(cells, ts, arrivals):
+    # the lexsort version _arrivals_before replaced
+    m, n = len(arrivals), len(cells)
+    if m == 0:
+        return np.zeros(n, np.int64)
+    keys = np.r_[cells[arrivals], cells]
+    tt = np.r_[ts[arrivals], ts]
+    isarr = np.r_[np.ones(m, np.int64), np.zeros(n, np.int64)]
+    o = np.lexsort((1 - isarr, tt, keys))
+    a = isarr[o]
+    cs = np.cumsum(a)
+    ks = keys[o]
+    start = np.r_[True, ks[1:] != ks[:-1]]
+    first = np.maximum.accumulate(np.where(start, np.arange(len(o)), 0))
+    out = np.empty(m + n, np.int64)
+    out[o] = cs - cs[first] + a[first]
+    return out[m:]
+
+
+def test_arrivals_before_matches_lexsort_reference():
+    from stream.fraud.features_catalog import _arrivals_before
+
+    for it in range(300):
+        n = int(rng.integers(1, 300))
+        # few cells (groups past the insertion-sort size too), tied times, NaN times
+        cells = mix64(rng.integers(0, int(rng.integers(1, 20)), n).astype(np.uint64))
+        ts = rng.integers(0, int(rng.integers(1, 30)), n).astype(np.float64)
+        if it % 5 == 0:
+            ts[rng.random(n) < 0.1] = np.nan
+        arr = rng.choice(n, int(rng.integers(0, n + 1)), replace=False).astype(np.int64)
+        assert np.array_equal(_arrivals_before(cells, ts, arr), ref_arrivals_before(cells, ts, arr))
+
+
+def test_rotating_count_min_multi_period_query_matches_single_period_queries():
+    r = RotatingCountMin(1 << 10, 2, k=3)
+    for base in range(0, 40, 4):  # batches spanning more periods than are kept
+        per = base + rng.integers(0, 6, 500)
+        r.add(rng.integers(0, 60, 500).astype(np.uint64), per)
+        keys = rng.integers(0, 60, 300).astype(np.uint64)
+        q = base + rng.integers(-2, 8, 300)
+        want = np.array([r.query(keys[i:i + 1], q[i:i + 1])[0] for i in range(300)])
+        assert np.array_equal(r.query(keys, q), want) and want.any()
+
+
+def test_slot_table_expire_of_most_entities_rebuilds_the_index():
+    t = SlotTable({"n": ("f4", ())}, ttl_s=100)
+    ids = [f"x{i}" for i in range(300)]
+    s = t.lookup(ids)
+    t.touch(s, np.where(np.arange(300) % 10 == 0, 1000.0, 10.0))
+    assert t.expire(1050.0) == 270
+    keep = ids[::10]
+    assert t.index_ == {i: int(s[k]) for k, i in enumerate(ids) if i in set(keep)}
+    assert t.lookup(keep).tolist() == s[::10].tolist() and len(t) == 30
+    assert t.lookup(["new"])[0] in set(t.last_expired_.tolist())
+
+
+def test_crc_str_matches_crc():
+    from stream.fraud.features_account import _crc, _crc_str
+
+    vals = ["t1", "", "spotify:track:x", "t1", "é"]
+    assert np.array_equal(_crc_str(vals), _crc(vals)) and _crc_str(vals).dtype == np.uint32
+    assert _crc_str([]).shape == (0,)
