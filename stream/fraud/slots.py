@@ -224,24 +224,26 @@ class SlotTable:
             ``slots``: the same as :meth:`lookup` of ``ids[rows]`` (new ids
             get slots in order of first appearance).
         """
-        get = self.index_.get
         miss = np.flatnonzero(slots < 0)
         if len(miss):
             at = miss.tolist() if rows is None else rows[miss].tolist()
-            missing = [ids[i] for i in at]
-            new = list(dict.fromkeys(missing))
-            if len(new) > len(self.free_):
-                self._grow(len(self.index_) + len(new))
-            k = len(new)
+            missing = list(map(ids.__getitem__, at))
+            first = dict.fromkeys(missing)  # new ids in order of first appearance
+            k = len(first)
+            if k > len(self.free_):
+                self._grow(len(self.index_) + k)
             got = self.free_[-k:][::-1]  # the order free_.pop() would give
             del self.free_[-k:]
-            self.index_.update(zip(new, got))
+            placed = dict(zip(first, got))
+            self.index_.update(placed)
             ids_ = self.ids_
-            for i, sl in zip(new, got):
+            for i, sl in placed.items():
                 ids_[sl] = i
-            self.hash_[got] = stable_hash64(new)
+            self.hash_[got] = stable_hash64(first)
             self.live_[got] = True
-            slots[miss] = np.fromiter(map(get, missing), np.int64, len(miss))
+            # slots of the misses from the batch's own small dict (the index
+            # is large and scattered in memory)
+            slots[miss] = np.fromiter(map(placed.__getitem__, missing), np.int64, len(miss))
         return slots
 
     def touch(self, slots: np.ndarray, ts: np.ndarray) -> None:
