@@ -507,13 +507,19 @@ class AccountFeatures:
         scatter_max(bmax, inv, blk)
         old = c["win_blk"][slots].astype(np.int64)
         k = bmax - old
+        # ring entries to clear, the same for every kind: whole rings, then
+        # the j-th entry after the old newest block
+        wipe = slots[k >= WIN_BLOCKS]
+        reuse = []
+        for j in range(1, WIN_BLOCKS):
+            sel = (k >= j) & (k < WIN_BLOCKS)
+            if sel.any():
+                reuse.append((slots[sel], (old[sel] + j) % WIN_BLOCKS))
         for name in (nm for _, nm in kinds):
             bits = c[name]
-            bits[slots[k >= WIN_BLOCKS]] = 0
-            for j in range(1, WIN_BLOCKS):
-                sel = (k >= j) & (k < WIN_BLOCKS)
-                if sel.any():
-                    bits[slots[sel], (old[sel] + j) % WIN_BLOCKS] = 0
+            bits[wipe] = 0
+            for rows, cols in reuse:
+                bits[rows, cols] = 0
         newest = np.maximum(old, bmax)
         c["win_blk"][slots] = newest
         live = blk > newest[inv] - WIN_BLOCKS
