@@ -411,6 +411,14 @@ def test_a_rings_quieter_bots_holding_subsets_share_its_evidence_its_long_known_
     # whose only new tracks are an alerted ring's holds the ring's evidence
     # times the share of a full sketch it holds; long-known listeners do not
     rows, quiet, fans = _boost_rows()
+    # session 12: a sparse listener first seen 30 h before the ring (a viral
+    # hit), who then plays two of its tracks: "new" by first sighting, but
+    # there before the ring's accounts
+    boosted = sorted({r["track_id"] for r in rows if r["track_id"].startswith("Boosted")})
+    day4 = T0 + 4 * 86400
+    sparse = _rows("sparse", [day4 - 22 * 3600, day4 + 14 * 3600, day4 + 14.1 * 3600],
+                   ["Viral::hit", boosted[0], boosted[1]])
+    rows = sorted(rows + sparse, key=lambda r: r["ts"])
     m = CatalogFraudModel(Settings())
     alerts, own, raised = _run_with_sinks(m, rows)
     sets = [a for a in alerts if a.detector == "shared_track_set"]
@@ -428,9 +436,10 @@ def test_a_rings_quieter_bots_holding_subsets_share_its_evidence_its_long_known_
     assert own["quiet2"] < 1.0 and raised["quiet2"] >= ev["quiet2"] - 1e-6
     named = {a.entity_id: a for a in alerts if a.detector == "catalog_account"}
     assert "quiet4" in named and "ring_subset" in named["quiet4"].reasons
-    # the fans hold the same subsets but are long known: nothing
-    assert F.accounts.cols_["ring_ev"][F.accounts.lookup(fans)].max() == 0.0
-    assert not set(fans) & (set(named) | set(raised))
+    # the fans hold the same subsets but are long known: nothing; nor the
+    # sparse listener, first seen long before the ring's first holder
+    assert F.accounts.cols_["ring_ev"][F.accounts.lookup(fans + ["sparse"])].max() == 0.0
+    assert not set(fans + ["sparse"]) & (set(named) | set(raised))
 
 
 def test_ring_tracks_survive_a_snapshot():

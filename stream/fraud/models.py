@@ -50,6 +50,18 @@ ALERT_WINDOW_S = 86400
 #: raised to it again (bounds the account-table passes per key and day).
 SET_PROPAGATE_NATS = 1.0
 
+#: How long (s) before the first of an alerted ring's holders an account may
+#: have been first seen and still count as one of the ring's quieter bots: a
+#: ring's accounts start with its campaign (an L2 ring's first plays spread
+#: over about 9 h), a real listener of its tracks was there before it.
+RING_BORN_SLACK_S = 12 * 3600.0
+
+
+def _ring(r) -> tuple[int, float, int, float]:
+    """A ring's (day, evidence, sketch size, start) from a snapshot row
+    (4 values before session 12: no start, 0.0)."""
+    return int(r[0]), float(r[1]), int(r[2]), float(r[3]) if len(r) > 3 else 0.0
+
 #: Callback ``sink(stage, batch, event_scores)`` that eval uses to read the
 #: score (float64, shape (n,)) each event's account has after the batch.
 ScoreSink = Callable[[str, PlayBatch, np.ndarray], None]
@@ -426,10 +438,11 @@ class CatalogFraudModel:
         #: set key anchor -> (day, evidence last given to its holders)
         self.set_given_: dict[str, tuple[int, float]] = {}
         #: tracks of alerted shared-set rings: track hash (| 1, as in the
-        #: set sketches) -> (day, ring evidence, tracks in the ring's sketch);
-        #: and the rings' set keys -> the same triple
-        self.ring_tracks_: dict[int, tuple[int, float, int]] = {}
-        self.ring_keys_: dict[int, tuple[int, float, int]] = {}
+        #: set sketches) -> (day, ring evidence, tracks in the ring's sketch,
+        #: first sighting of its earliest holder (s)); and the rings' set keys
+        #: -> the same
+        self.ring_tracks_: dict[int, tuple[int, float, int, float]] = {}
+        self.ring_keys_: dict[int, tuple[int, float, int, float]] = {}
         self.n_batches_ = 0
         self.max_ts_ = 0.0
         self.score_sink: ScoreSink | None = None
@@ -496,7 +509,7 @@ class CatalogFraudModel:
         for h, k in zip(th.tolist(), u["set_key"][hit].tolist()):
             self._add_ring_track(h, self.ring_keys_[k])
 
-    def _add_ring_track(self, h: int, ring: tuple[int, float, int]) -> None:
+    def _add_ring_track(self, h: int, ring: tuple[int, float, int, float]) -> None:
         old = self.ring_tracks_.get(h)
         if old is None or old[0] < ring[0] or (old[0] == ring[0] and old[1] < ring[1]):
             self.ring_tracks_[h] = ring
@@ -513,7 +526,9 @@ class CatalogFraudModel:
         holds ``ring_subset_min``+ tracks and every one of them is a track of
         an alerted ring (``ring_tracks_``), (2) the account was first seen by
         this partition less than 3 days ago (``NEW_S``), after the model's own
-        first 3 days (every account is "new" at a cold start), and (3)
+        first 3 days (every account is "new" at a cold start), and no more
+        than ``RING_BORN_SLACK_S`` before the first of the ring's holders
+        (session 12), and (3)
         ``day_ok`` (its sketch is of the day in question). The share is the
         distinct tracks it holds over the tracks in the ring's own sketch (at
         most k = 4: 2 of a 5-track boost's 4 is half, 2 of a 3-track stuffed
@@ -534,8 +549,9 @@ class CatalogFraudModel:
         keys = np.fromiter(self.ring_tracks_, np.uint64, len(self.ring_tracks_))
         vals = np.array([v[1] for v in self.ring_tracks_.values()], np.float64)
         size = np.array([v[2] for v in self.ring_tracks_.values()], np.float64)
+        start = np.array([v[3] for v in self.ring_tracks_.values()], np.float64)
         o = np.argsort(keys)
-        keys, vals, size = keys[o], vals[o], size[o]
+        keys, vals, size, start = keys[o], vals[o], size[o], start[o]
         sig = c["ts_sig"][rows]
         valid = sig != 0
         nd = valid.sum(axis=1)
@@ -544,7 +560,13 @@ class CatalogFraudModel:
         ev = np.where(hit, vals[pos], np.inf).min(axis=1)
         ring_k = np.where(hit, size[pos], 1.0).max(axis=1)
         born = c["born"][rows]
-        new = (born > now - NEW_S) & (born > F.t0_ + NEW_S)
+        # an account made for the ring is first seen with the ring's own
+        # holders, not long before the first of them: a sparse real listener
+        # first seen in a viral crowd 40 h before a boost, who then played two
+        # of its tracks, got half the ring's evidence (23 nats, held-out seed
+        # 79, session 12)
+        ring_start = np.where(hit, start[pos], np.inf).min(axis=1)
+        new = (born > now - NEW_S) & (born > F.t0_ + NEW_S) & (born >= ring_start - RING_BORN_SLACK_S)
         ok = (hit | ~valid).all(axis=1) & (nd >= self.params.ring_subset_min) & new & day_ok
         return np.where(ok, np.where(ok, ev, 0.0) * np.minimum(nd / ring_k, 1.0), 0.0)
 
@@ -793,7 +815,7 @@ class CatalogFraudModel:
             self.set_given_[anchor] = (day, score)
             # the ring's tracks: its holders' sketches and this batch's plays
             # of the set (later plays of its holders add the rest)
-            ring = (day, score, int((c["ts_sig"][rows[0]] != 0).sum()))
+            ring = (day, score, int((c["ts_sig"][rows[0]] != 0).sum()), float(c["born"][rows].min()))
             self.ring_keys_[int(key)] = ring
             th = np.r_[c["ts_sig"][rows].ravel(), F.tracks.table.hash_[u["track"][evk]] | np.uint64(1)]
             for h in np.unique(th[th != 0]).tolist():
@@ -832,8 +854,10 @@ class CatalogFraudModel:
         """Snapshot (msgpack-able via :mod:`detectors.serialize`)."""
         return {"features": self.features.state_dict(), "alerted": dict(self.alerts_.last_),
                 "set_given": {k: [int(d), float(v)] for k, (d, v) in self.set_given_.items()},
-                "ring_tracks": [[int(h), int(d), float(v), int(k)] for h, (d, v, k) in self.ring_tracks_.items()],
-                "ring_keys": [[int(h), int(d), float(v), int(k)] for h, (d, v, k) in self.ring_keys_.items()],
+                "ring_tracks": [[int(h), int(d), float(v), int(k), float(b)]
+                                for h, (d, v, k, b) in self.ring_tracks_.items()],
+                "ring_keys": [[int(h), int(d), float(v), int(k), float(b)]
+                              for h, (d, v, k, b) in self.ring_keys_.items()],
                 "n_batches": self.n_batches_, "max_ts": self.max_ts_}
 
     def load_state_dict(self, state: dict) -> None:
@@ -841,8 +865,9 @@ class CatalogFraudModel:
         self.features.load_state_dict(state["features"])
         self.alerts_.last_ = {k: int(v) for k, v in state["alerted"].items()}
         self.set_given_ = {k: (int(d), float(v)) for k, (d, v) in state.get("set_given", {}).items()}
-        self.ring_tracks_ = {int(h): (int(d), float(v), int(k)) for h, d, v, k in state.get("ring_tracks", [])}
-        self.ring_keys_ = {int(h): (int(d), float(v), int(k)) for h, d, v, k in state.get("ring_keys", [])}
+        # a snapshot from before session 12 has no ring start (0: any account)
+        self.ring_tracks_ = {int(r[0]): _ring(r[1:]) for r in state.get("ring_tracks", [])}
+        self.ring_keys_ = {int(r[0]): _ring(r[1:]) for r in state.get("ring_keys", [])}
         self.n_batches_ = int(state["n_batches"])
         self.max_ts_ = float(state["max_ts"])
 
