@@ -454,23 +454,29 @@ class CatalogFeatures:
         th = self.tracks.table.hash_[tr]
         qk = combine(th, b.astype(np.uint64))
         hour = b * self.bucket_s // 3600
-        # this batch's arrivals in the pending cells, before each query time
-        # (only the few arrivals whose cell is a pending one are sorted)
-        before = np.zeros(len(qk), np.int64)
-        ak = kc[newcell]
-        mine = np.isin(ak, qk)
-        if mine.any():
-            sel = newcell[mine]
-            before = _arrivals_before(np.r_[kc[sel], qk], np.r_[ts[sel], qt], np.arange(len(sel)))[len(sel):]
-        cnt_b = self.coplay.query(qk, hour) + before
         bp = b - 1
         hp = bp * self.bucket_s // 3600
         kp = combine(th, bp.astype(np.uint64))
         own_prev = self.coplay_acc.query(combine(kp, ah[first[pend]]), hp) > 0
-        cnt = cnt_b + np.maximum(self.coplay.query(kp, hp) - own_prev, 0)
-        span = np.minimum(qt, (b + 1) * self.bucket_s) - bp * self.bucket_s
-        co = self._coplay(cnt, self.tracks.table.cols_["n1"][tr], cnt, span)
+        counted = self.coplay.query(qk, hour) + np.maximum(self.coplay.query(kp, hp) - own_prev, 0)
+        co = self._judge_late(qk, qt, b, tr, counted, kc, ts, newcell)
         return {"rows": rows, "first": first, "hit": r[co]}
+
+    def _judge_late(self, cells, q, b, tr, counted, kc, ts, newcell) -> np.ndarray:
+        """Co-play test (:meth:`_coplay`), bool (m,), of m plays judged again
+        at times ``q`` (s, (m,)): plays in ``cells`` (uint64 (m,)) of bucket
+        ``b`` on track slots ``tr``, whose cells held ``counted`` accounts
+        before this batch (the previous bucket's others included, int (m,)),
+        plus this batch's arrivals (``newcell`` into ``kc`` / ``ts``) in the
+        cell at or before ``q`` (only the arrivals in the judged cells are
+        sorted)."""
+        before = np.zeros(len(cells), np.int64)
+        mine = newcell[np.isin(kc[newcell], cells)]
+        if len(mine):
+            before = _arrivals_before(np.r_[kc[mine], cells], np.r_[ts[mine], q], np.arange(len(mine)))[len(mine):]
+        cnt = counted + before
+        span = np.minimum(q, (b + 1) * self.bucket_s) - (b - 1) * self.bucket_s
+        return self._coplay(cnt, self.tracks.table.cols_["n1"][tr], cnt, span)
 
     def _late_in_batch(self, acc, ts, kc, newcell, pre, prev, s_t, bucket, skip) -> np.ndarray:
         """Late co-plays inside a batch, bool (n,): a play (not ``skip``: a
@@ -495,13 +501,7 @@ class CatalogFeatures:
         i = i[(ts[nxt[i]] // self.bucket_s).astype(np.int64) - bucket[i] <= 2]
         if not len(i):
             return hit
-        q = ts[nxt[i]]
-        b = bucket[i]
-        span = np.minimum(q, (b + 1) * self.bucket_s) - (b - 1) * self.bucket_s
-        before = _arrivals_before(np.r_[kc[newcell], kc[i]], np.r_[ts[newcell], q],
-                                  np.arange(len(newcell)))[len(newcell):]
-        cnt = pre[i] + before + prev[i]
-        hit[i] = self._coplay(cnt, self.tracks.table.cols_["n1"][s_t[i]], cnt, span)
+        hit[i] = self._judge_late(kc[i], ts[nxt[i]], bucket[i], s_t[i], pre[i] + prev[i], kc, ts, newcell)
         return hit
 
     def _settle_late(self, late, ua, uinv, ts, s_t, bucket, cop, new_track) -> None:
