@@ -637,3 +637,34 @@ def test_a_farms_first_arrivals_in_a_cell_are_late_coplays_judged_causally():
     t = m.features.accounts
     co_old = dict(zip(t.ids_, t.cols_["co"].tolist()))
     assert co_old["bot3"] == pytest.approx(3.0, abs=0.05) and co_old["bot0"] == 0.0
+
+
+def test_30_40_s_plays_of_a_new_cold_artist_count_as_a_loop_catalog_from_its_first_play():
+    rows = _new_artist_background()
+    t = T0 + 4 * 86400 + np.arange(0, 48 * 150.0, 150.0)
+    rng = np.random.default_rng(5)
+    popular = [f"Artist{int(k) % 40}::song {int(k)}" for k in rng.integers(0, 400, len(t))]
+    # a lone looper: popular filler heard in full, and every 4th play a 35-s
+    # play of a brand-new loop artist nobody else plays (the artist never has
+    # the 3 listeners and 20 plays that make an established loop catalog)
+    loop = np.arange(len(t)) % 4 == 0
+    tracks = [f"Loops::loop {k % 5}" if loop[k] else popular[k] for k in range(len(t))]
+    ms = np.where(loop, 35_000, 200_000)
+    looper = [dict(r, ms_played=int(m_)) for r, m_ in zip(
+        _rows("looper", t, tracks, ip="10.8.8.8", device_id="l", country="FR"), ms)]
+    # a listener who samples a new artist's first two tracks for 35 s each
+    sample = [f"Debut::song {k}" if k in (10, 11) else popular[(k + 7) % len(t)] for k in range(len(t))]
+    sampler = [dict(r, ms_played=35_000 if r["track_id"].startswith("Debut") else 200_000)
+               for r in _rows("sampler", t + 20.0, sample, ip="10.7.7.7", device_id="s", country="FR")]
+    m = CatalogFraudModel(Settings())
+    alerts = _run(m, rows + looper + sampler, size=50)
+    first = {}
+    for a in alerts:
+        if a.detector == "catalog_account":
+            first.setdefault(a.entity_id, a)
+    assert "looper" in first and "sampler" not in first
+    a = first["looper"]
+    assert "loop_catalog_share" in a.reasons
+    assert a.features["loop_catalog_share"].actual > 0.15
+    # flagged within its first 8 loop plays (32 plays, 80 min), not never
+    assert a.evidence["last_event_ts"] - t[0] <= 32 * 150.0
