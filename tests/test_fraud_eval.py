@@ -67,6 +67,25 @@ def test_unknown_tracks_stay_out_of_catalog_state():
 
 
 @needs_data
+def test_time_to_detect_pooled_over_every_fraud_account():
+    from stream.fraud.evaluate import _metrics
+
+    # a large row detected fast and a small one slowly: the pooled median
+    # weighs accounts, not rows; an undetected account counts against the share
+    fast = {f"f{i}" for i in range(6)}
+    slow = {"s0", "s1", "s2"}
+    start = {a: 1000.0 for a in fast | slow}
+    first = {a: 1000.0 + 60 * (5 + i) for i, a in enumerate(sorted(fast))}
+    first.update({"s0": 1000.0 + 60 * 90, "s1": 1000.0 + 60 * 120})
+    score = {a: 20.0 for a in first}
+    per, summ = _metrics({"a:L0": fast, "b:L2": slow}, score, first, [(a, t) for a, t in first.items()],
+                         start, {"u1", "u2"}, days=1.0)
+    assert per["a:L0"]["ttd_median_min"] == pytest.approx(7.5)
+    assert per["b:L2"]["ttd_median_min"] == pytest.approx(105.0)
+    assert summ["ttd_median_min_all"] == pytest.approx(np.median([5, 6, 7, 8, 9, 10, 90, 120]))
+    assert summ["detected_within_15_min"] == pytest.approx(6 / 9)
+
+
 def test_eval_subsample_one_scenario_one_level():
     from stream.adapters import load_spotify_extended
     from stream.fraud.evaluate import evaluate

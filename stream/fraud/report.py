@@ -43,6 +43,10 @@ def table(result: dict) -> str:
     lines.append(f"- false alerts per 1,000 benign accounts per day: core "
                  f"{result['core']['false_alerts_per_1000_benign_per_day']:.2f}; "
                  + "; ".join(f"{n} {bl[n]['false_alerts_per_1000_benign_per_day']:.2f}" for n in names))
+    runs = [("core", result["core"])] + [(n, bl[n]) for n in names]
+    lines.append("- time to detect over every fraud account: median (detected accounts), share alerted within "
+                 "15 min: " + "; ".join(f"{n} {f(r.get('ttd_median_min_all'), 1)} min, "
+                                        f"{f(r.get('detected_within_15_min'), 2)}" for n, r in runs))
     thr = result.get("thresholds")
     if thr:
         cal = thr.get("calibration")
