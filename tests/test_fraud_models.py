@@ -668,3 +668,23 @@ def test_30_40_s_plays_of_a_new_cold_artist_count_as_a_loop_catalog_from_its_fir
     assert a.features["loop_catalog_share"].actual > 0.15
     # flagged within its first 8 loop plays (32 plays, 80 min), not never
     assert a.evidence["last_event_ts"] - t[0] <= 32 * 150.0
+
+
+@pytest.mark.parametrize("day, niche_alerts", [(4, False), (9, True)])
+def test_artists_a_known_listener_brings_in_during_the_warm_up_are_not_new(day, niche_alerts):
+    rows = _background(n_acc=10, days=day + 1, seed=2)
+    t = T0 + day * 86400 + np.arange(0, 40 * 100.0, 100.0)
+    # a listener the model has known since its first day opens 40 artists the
+    # model has never met, one play each; a fresh account does the same
+    rows += _rows("user3", t, [f"Niche{k}::deep cut" for k in range(len(t))], ip="10.0.3.1", device_id="dev3",
+                  country="FR")
+    rows += _rows("farm", t + 30.0, [f"Ai{k}::track" for k in range(len(t))], ip="10.8.8.8", device_id="f",
+                  country="FR")
+    m = CatalogFraudModel(Settings())
+    alerts = _run(m, [r for r in rows if r["ts"] < t[0]])
+    alerts += _run(m, [r for r in rows if r["ts"] >= t[0]], size=20)
+    flagged = {a.entity_id for a in alerts if a.detector == "catalog_account" and "new_artists" in a.reasons}
+    # in the model's warm-up (its first 8 days) the listener's artists are
+    # ones it had not seen yet; after it, 40 new artists in an hour are new
+    assert "farm" in flagged
+    assert ("user3" in flagged) == niche_alerts
