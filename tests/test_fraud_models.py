@@ -688,3 +688,23 @@ def test_artists_a_known_listener_brings_in_during_the_warm_up_are_not_new(day, 
     # ones it had not seen yet; after it, 40 new artists in an hour are new
     assert "farm" in flagged
     assert ("user3" in flagged) == niche_alerts
+
+
+def test_a_new_device_weighs_by_how_much_of_the_owner_has_been_seen():
+    """The same night of plays from a new phone, new IP and new country: an
+    owner seen over 4 days of listening (240 plays) alerts; one seen over 6
+    plays in 3 days may well own a phone not seen yet, and does not."""
+    night = T0 + 4 * 86400 + 2 * 3600 + np.arange(0, 3 * 3600, 215.0)  # 02:00-05:00
+    abroad = dict(ip="198.51.100.9", device_id="new", country="BR")
+    found = {}
+    for case in ("seen", "thin"):
+        rows = _daytime_listener(np.random.default_rng(3))
+        if case == "thin":
+            keep = np.random.default_rng(4).choice(len(rows), 6, replace=False)
+            rows = [rows[i] for i in sorted(keep)]
+            rows[0] = dict(rows[0], ts=T0 + 9 * 3600)  # first seen on day 0: past the identity age
+        m = AccountFraudModel(Settings())
+        assert not _account_alerts(_run(m, rows))
+        found[case] = _account_alerts(_run(m, _rows("owner", night, ["Away::x"] * len(night), **abroad), size=10))
+    assert len(found["seen"]) == 1 and "odd_hour_new_device" in found["seen"][0].reasons
+    assert not found["thin"]

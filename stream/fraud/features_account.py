@@ -34,7 +34,10 @@ Account features (per touched account, after the batch):
                             devices has played (else a trip or a VPN exit).
                             A stranger's device on a new IP of its own in a
                             country of the owner's adds to
-                            ``odd_hour_new_device`` only
+                            ``odd_hour_new_device`` only. Both are weighted
+                            by ``1 - exp(-m / OWNER_PLAYS_SURE)``, m the owner's
+                            weekly-decayed plays: an owner seen over a few
+                            plays may own a device not seen yet
 ``overlaps``                plays starting > 60 s before the previous play ended
                             on another device (two streams at once), tau 12 h
 ``country_switches``        consecutive plays < 30 min apart in different
@@ -109,6 +112,10 @@ OWN_HOLD_H = 48.0
 #: Account age (s of event time since its first play) before a device, IP or
 #: country can be "new" to it: a new account's first values are its own.
 IDENTITY_AGE_S = 2 * 86400.0
+#: Plays on the owner's identities (weekly decayed) over which a new device's
+#: evidence comes to full weight (1 - exp(-plays / this)): 63 % at 15 plays,
+#: 95 % at 45 (30 tried: hijack time to detect +2-7 min for little more)
+OWNER_PLAYS_SURE = 15.0
 #: Identity windows (distinct IPs / devices / countries): a ring of
 #: ``WIN_BLOCKS`` bitmaps of ``WIN_BLOCK_S`` seconds each; the window is the
 #: current block and the ``WIN_BLOCKS - 1`` before it (18-24 h).
@@ -374,7 +381,8 @@ class AccountFeatures:
         acct_age = ts - c["first_seen"][a]
         # per event: the hour's share of its account's histogram before this
         # batch (row sums per account)
-        p_hour = (c["hour_hist"][a, hod] + 0.5) / (c["hour_hist"][slots].sum(axis=1)[inv] + 12.0)
+        owner_plays = c["hour_hist"][slots].sum(axis=1)[inv]
+        p_hour = (c["hour_hist"][a, hod] + 0.5) / (owner_plays + 12.0)
         odd = np.maximum(0.0, -np.log(p_hour) - np.log(24.0))
         known = acct_age > self.identity_age_s
         newdev, born, dcol = self._novel(a, dev, ts, "dev", "dev_t", flag="dev_odd")
@@ -430,8 +438,14 @@ class AccountFeatures:
         add("newdev", wd * newdev)
         add("newip", wd * newip)
         add("newctry", wd * newctry)
-        add("oddhour", wd * strange * odd)
-        add("newall", wd * abroad)
+        # how sure the account's devices are known: an owner seen over a few
+        # plays may well have a device not seen yet (a listener's second
+        # phone first played abroad 3 days after its first play: 31.7 nats,
+        # held-out seed 89, session 13); a hijacked account's owner has
+        # been seen over weeks
+        sure = 1.0 - np.exp(-owner_plays / OWNER_PLAYS_SURE)
+        add("oddhour", wd * strange * odd * sure)
+        add("newall", wd * abroad * sure)
         # IPs the account takes into its memory that no other account uses,
         # at any account age: a residential-proxy rotation hands a bot a fresh
         # line every few dozen plays; a listener's lines are its home (once)
