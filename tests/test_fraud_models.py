@@ -445,6 +445,56 @@ def test_coplays_on_long_known_tracks_get_an_allowance_new_tracks_do_not():
     assert min(seen[b] for b in bots) > 0.0
 
 
+def test_no_coplays_on_a_track_the_cold_model_has_watched_for_less_than_an_hour():
+    """Session 14: in the model's first days a track's first sighting is not
+    its first play, and its rate starts at zero. On held-out seed 89, 9-24
+    clones of a real listener who loops one track "co-played" it in the
+    background's first 50 minutes and two of them alerted. The same plays on
+    a track first seen after the cold start (a farm's payload) are co-plays
+    from the start."""
+    def loopers(prefix, track, t0):
+        rows = []
+        for i in range(12):
+            ts = t0 + 60.0 + 7.0 * i + 240.0 * np.arange(12)  # every 4 min for 48 min
+            rows += _rows(f"{prefix}{i}", ts, [track] * len(ts), ip=f"10.7.{i}.1", device_id=f"{prefix}d{i}")
+        return rows
+
+    cold = loopers("clone", "Old Favourite::loop", T0)
+    late = loopers("bot", "Brand New::payload", T0 + 4 * 86400)
+    m = CatalogFraudModel(Settings())
+    _run(m, _background(n_acc=20, days=5, seed=4) + cold + late, size=50)
+    co = m.features.accounts.cols_["co"]
+    assert co[m.features.accounts.lookup([f"clone{i}" for i in range(12)])].max() == 0.0
+    assert co[m.features.accounts.lookup([f"bot{i}" for i in range(12)])].min() > 1.0
+
+
+def test_fans_aligned_in_a_releases_crowd_are_not_coplays_a_closed_group_is():
+    """Session 14: on a new track, a co-play's window must hold ``co_closed``
+    (30 %) or more of the track's listeners of today and yesterday. Eight
+    fans who happen to play a new album's song in the same minutes, among 40
+    casual listeners of it, are not a lockstep group; eight accounts that are
+    the whole audience of their new track are."""
+    rng = np.random.default_rng(11)
+    rows = _background(n_acc=20, days=5, seed=6)
+    day4 = T0 + 4 * 86400
+    for i in range(40):  # the album's casual listeners, spread over the day
+        rows += _rows(f"casual{i}", [day4 + rng.uniform(0, 6 * 3600)], ["Album::song"])
+    t = day4 + 8 * 3600 + np.array([0.0, 1200.0, 2400.0])
+    for i in range(8):
+        rows += _rows(f"fan{i}", t + 20.0 * i, ["Album::song"] * 3, ip=f"10.6.{i}.1", device_id=f"fd{i}")
+        rows += _rows(f"bot{i}", t + 20.0 * i, ["Closed::payload"] * 3, ip=f"10.5.{i}.1", device_id=f"bd{i}")
+    m = CatalogFraudModel(Settings())
+    _run(m, rows, size=40)
+    co = m.features.accounts.cols_["co"]
+    assert co[m.features.accounts.lookup([f"fan{i}" for i in range(8)])].max() == 0.0
+    assert co[m.features.accounts.lookup([f"bot{i}" for i in range(8)])].max() > 0.5
+    # without the closed-group test the fans co-play
+    m2 = CatalogFraudModel(Settings())
+    m2.features.co_closed = 0.0
+    _run(m2, rows, size=40)
+    assert m2.features.accounts.cols_["co"][m2.features.accounts.lookup([f"fan{i}" for i in range(8)])].max() > 0.5
+
+
 def test_phones_rotating_over_the_same_few_ips_form_an_ip_set_group():
     """A phone farm behind six IPs: every phone rotates over the same IPs, so
     all share one daily IP set, and each alerts with ``ip_set_accounts`` among
