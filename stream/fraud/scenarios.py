@@ -21,7 +21,8 @@ Scenarios (grounded in the public cases quoted in issue 11):
 ``playlist_stuffing``  a loop of a 30-track popular playlist with 3 target tracks (at
                     L2 the targets are 10-50 % of plays, the playlist shuffled);
 ``payout_gaming``   many tracks each played just past 30 s;
-``long_farm``       a boost-and-loop farm already active when the window opens.
+``long_farm``       a boost-and-loop farm already active when the window opens (its plays
+                    start a day before it; the stream keeps those inside the window).
 
 Hard negatives (benign): ``sleep`` (night-long ambient playlists), ``superfan``
 (a new album replayed all day, beside many casual listeners), ``viral`` (a new
@@ -65,6 +66,12 @@ class Plays:
     ip: list = field(default_factory=list)
     device: list = field(default_factory=list)
     country: list = field(default_factory=list)
+
+    def since(self, t: float) -> "Plays":
+        """The plays at or after ``t`` (Unix s), in their order."""
+        keep = [i for i, x in enumerate(self.ts) if x >= t]
+        return Plays(*([col[i] for i in keep] for col in (self.account, self.ts, self.track, self.artist,
+                                                             self.ms, self.ip, self.device, self.country)))
 
     def extend(self, acc, ts, tracks, ms, ip, dev, ctry):
         """Append n plays of one account (scalars broadcast)."""
@@ -317,8 +324,26 @@ def generate(name: str, level: str, ctx: Context, t0: float, t1: float, k: int,
     return out
 
 
-def hard_negative(name: str, ctx: Context, t0: float, t1: float, k: int, casual_accounts=None) -> Plays:
+def hard_negative(name: str, ctx: Context, t0: float, t1: float, k: int, casual_accounts=None,
+                  fan_accounts=None) -> Plays:
     """Benign hard-negative plays (see module docstring).
+
+    ``superfan``: ``k`` fans replay a new 12-song album in order, 150-250
+    plays a day (8-14 h) for 3 days, starting 7-10 h into each day and never
+    before the album's release (session 14: on every stream checked, seeds 7,
+    11, 83 and 89, all of them started 1-14 h before it, as the album's only
+    listeners); each day's replay ends before the next day's starts.
+    ``casual_accounts`` (``(account, {"ip", "device", "country"})``) play
+    it 1-3 times each from the release on.
+
+    Args:
+        casual_accounts: established listeners (home identities) for the
+            ``superfan`` and ``viral`` crowds.
+        fan_accounts: established listeners (home identities) who are the
+            superfans (session 14: a fan has a listening history; until
+            then every superfan was a new account that played nothing but
+            the album). Fans beyond these are new accounts. A fan among
+            ``casual_accounts`` plays no casual plays.
 
     Raises:
         ValueError: on an unknown name.
@@ -353,22 +378,33 @@ def hard_negative(name: str, ctx: Context, t0: float, t1: float, k: int, casual_
         artist = f"New Album Artist {rng.integers(100)}"  # one artist for the whole album
         album = [f"{artist}::song {i}" for i in range(12)]
         rel = t0 + rng.random() * max(t1 - t0 - 3 * DAY, DAY)
-        for _ in range(k):
+        fans = list(fan_accounts or [])[:k]
+        for f in range(k):
+            # a new identity is drawn for every fan, established or not, so
+            # the other scenarios' plays do not move
             acc, home = rand_account(rng), ctx.pool.home()
+            ip, dev, ctry = home["home_ip"], home["devices"][0], home["country"]
+            if f < len(fans):
+                acc, ip, dev, ctry = fans[f][0], fans[f][1]["ip"], fans[f][1]["device"], fans[f][1]["country"]
             for d in range(3):
-                s = np.floor(rel / DAY) * DAY + d * DAY + rng.uniform(7, 10) * 3600
+                u = rng.uniform(7, 10)
+                s = np.floor(rel / DAY) * DAY + d * DAY + u * 3600
+                if d == 0:  # not before the release (then 0-3 h after it)
+                    s = max(s, rel + (u - 7) * 3600)
                 n = int(rng.integers(150, 250))
                 ms = rng.integers(150_000, 240_000, n)
                 ts = s + np.cumsum(ms / 1000.0 + rng.exponential(5, n))
-                sel = (ts >= t0) & (ts < t1)
-                out.extend(acc, ts[sel], [album[i % 12] for i in range(int(sel.sum()))], ms[sel],
-                           home["home_ip"], home["devices"][0], home["country"])
+                sel = (ts >= t0) & (ts < t1) & (ts < np.floor(s / DAY) * DAY + DAY + 7 * 3600)
+                out.extend(acc, ts[sel], [album[i % 12] for i in range(int(sel.sum()))], ms[sel], ip, dev, ctry)
+        fan_ids = {a for a, _ in fans}
         for acc, home in casual_accounts or []:
             n = int(rng.integers(1, 4))
             ts = rel + rng.exponential(DAY, n)
             sel = ts < t1
-            out.extend(acc, ts[sel], [album[i] for i in rng.integers(0, 12, int(sel.sum()))],
-                       rng.integers(100_000, 240_000, int(sel.sum())), home["ip"], home["device"], home["country"])
+            tracks = [album[i] for i in rng.integers(0, 12, int(sel.sum()))]
+            ms = rng.integers(100_000, 240_000, int(sel.sum()))
+            if acc not in fan_ids:  # (drawn all the same: the other plays do not move)
+                out.extend(acc, ts[sel], tracks, ms, home["ip"], home["device"], home["country"])
     elif name == "viral":
         track = f"Viral Newcomer {rng.integers(100)}::the hit"
         rel = t0 + rng.random() * max(t1 - t0 - 2 * DAY, DAY)

@@ -12,7 +12,10 @@ hour of day and own timing, CONVENTIONS.md "Replay"). :func:`simulate` then:
 2. gives every account, benign or not, stable synthetic IP, device and country
    values (:mod:`stream.fraud.identities`) and the extended or basic export
    style with the background's odds, so no field leaks the label;
-3. adds the hard negatives and tags the real odd users;
+3. adds the hard negatives and tags the real odd users (the superfans are
+   established listeners whose own plays give way to the album while they
+   replay it; hard-negative plays of established listeners come from their
+   home country);
 4. injects every requested scenario at every requested camouflage level
    (:mod:`stream.fraud.scenarios`) inside the background's own time span, with
    about ``fraud_share`` of all events being fraud.
@@ -122,6 +125,37 @@ def _cols(batch: PlayBatch, idx: np.ndarray) -> dict:
     return {"ts": batch.ts[idx], "track": [batch.track_id[i] for i in idx],
             "artist": [batch.artist_id[i] for i in idx], "ms": batch.ms_played[idx],
             "platform": [batch.platform[i] for i in idx], "country": [batch.country[i] for i in idx]}
+
+
+def _replay_sessions(plays, accounts: set, gap_s: float = 3600.0) -> dict:
+    """Replay sessions of ``accounts`` in ``plays`` (:class:`Plays`):
+    account -> float (m, 2) array of [start, end] event times (Unix s) of
+    their runs of plays with gaps under ``gap_s``; a session starts one
+    play length (ms_played) before its first play ends."""
+    acc = np.asarray(plays.account, dtype=object)
+    ts = np.asarray(plays.ts, np.float64)
+    ms = np.asarray(plays.ms, np.float64)
+    out = {}
+    for a in accounts:
+        ix = np.flatnonzero(acc == a)
+        if not len(ix):
+            continue
+        ix = ix[np.argsort(ts[ix], kind="stable")]
+        cut = np.flatnonzero(np.diff(ts[ix]) > gap_s) + 1
+        first, last = np.r_[0, cut], np.r_[cut, len(ix)] - 1
+        out[a] = np.c_[ts[ix[first]] - ms[ix[first]] / 1000.0, ts[ix[last]]]
+    return out
+
+
+def _in_sessions(acc: np.ndarray, ts: np.ndarray, busy: dict) -> np.ndarray:
+    """bool (n,): plays (accounts ``acc``, end times ``ts`` (Unix s), (n,))
+    inside one of their account's ``busy`` sessions (:func:`_replay_sessions`)."""
+    out = np.zeros(len(ts), bool)
+    for a, sess in busy.items():
+        ix = np.flatnonzero(acc == a)
+        pos = np.searchsorted(sess[:, 0], ts[ix], side="right") - 1
+        out[ix[(pos >= 0) & (ts[ix] <= sess[np.maximum(pos, 0), 1])]] = True
+    return out
 
 
 def simulate(background: PlayBatch, *, n_accounts: int = 1000, fraud_share: float = 0.03,
@@ -247,6 +281,7 @@ def simulate(background: PlayBatch, *, n_accounts: int = 1000, fraud_share: floa
     ctx = Context(rng, popular, pop_p, np.array(prof), pool)
     p_ext = float(np.mean([ext_style[a] for a in real_accounts]))
     idents = {}  # account -> home identity
+    busy = {}  # superfan -> its replay sessions (its own plays give way)
     injected = []
     casual_pool = list(clones)
     rng.shuffle(casual_pool)
@@ -263,9 +298,15 @@ def simulate(background: PlayBatch, *, n_accounts: int = 1000, fraud_share: floa
         # crowds (up to 300 accounts each, half of the casual pool at most)
         n_casual = min(300, len(casual_pool) // 2)
         crowds = {"superfan": casual(0, n_casual), "viral": casual(n_casual, n_casual)}
+        # the superfans are established listeners of the album's crowd
+        # (session 14; new accounts that played nothing but the album before)
+        fans = crowds["superfan"][:6]
         for name, k in (("sleep", 5), ("superfan", 6), ("viral", 0), ("cafe", 3)):
-            pl = hard_negative(name, ctx, t0, t1, k, casual_accounts=crowds.get(name))
+            pl = hard_negative(name, ctx, t0, t1, k, casual_accounts=crowds.get(name),
+                               fan_accounts=fans if name == "superfan" else None)
             injected.append((pl, f"hardneg:{name}", False))
+            if name == "superfan":
+                busy = _replay_sessions(pl, {a for a, _ in fans})
     # ---- fraud
     n_benign = sum(len(x) for x in rows["ts"]) + sum(len(p[0].ts) for p in injected)
     combos = [(s, lv) for s in scenarios for lv in levels]
@@ -295,6 +336,12 @@ def simulate(background: PlayBatch, *, n_accounts: int = 1000, fraud_share: floa
             for v in victims:
                 bg_plays[v] = {"ts": allts[acc_arr == v], "country": ident_of(v)["country"]}
         pl = generate(s, lv, ctx, a0, a1, k, background_accounts=victims, background_plays=bg_plays)
+        if s == "long_farm":
+            # already active when the window opens: the stream starts with the
+            # window, as a model started then sees it (session 14: it held the
+            # farm's day before it, so the model's first day was the farm
+            # alone and the whole background arrived at once a day later)
+            pl = pl.since(t0)
         injected.append((pl, f"{s}:{lv}", True))
     # ---- grow the benign background until fraud is ``fraud_share`` of events:
     # scenario intensities (bots, durations) are set from the requested
@@ -302,6 +349,8 @@ def simulate(background: PlayBatch, *, n_accounts: int = 1000, fraud_share: floa
     # more benign clones (never hijack victims or hard negatives) are added.
     n_fraud = sum(len(p[0].ts) for p in injected if p[2])
     n_benign = sum(len(x) for x in rows["ts"]) + sum(len(p[0].ts) for p in injected if not p[2])
+    n_benign -= int(_in_sessions(np.asarray(rows["account"], dtype=object),
+                                 np.concatenate(rows["ts"]) if rows["ts"] else np.zeros(0), busy).sum())
     need = fraud_share / (1 - fraud_share)
     if grow_background and n_fraud > need * n_benign:
         while n_fraud > need * n_benign:
@@ -353,6 +402,11 @@ def simulate(background: PlayBatch, *, n_accounts: int = 1000, fraud_share: floa
         n = len(pl.ts)
         if n == 0:
             continue
+        if label.startswith("hardneg:"):
+            # an established listener plays from its home country (its
+            # identity's country is set from its real rows above, after
+            # the hard negatives were drawn)
+            pl.country = [idents[a]["country"] if a in idents else c for a, c in zip(pl.account, pl.country)]
         for a in set(pl.account):
             if a not in inj_ext:
                 inj_ext[a] = ext_style.get(a, rng.random() < p_ext)
@@ -390,4 +444,8 @@ def simulate(background: PlayBatch, *, n_accounts: int = 1000, fraud_share: floa
     ).validate()
     # real extended rows keep their own flags
     order = np.argsort(ts, kind="stable")
+    if busy:  # a superfan's own plays give way to the album while it replays it
+        keep = np.ones(n, bool)
+        keep[:n0] = ~_in_sessions(np.asarray(accounts[:n0], dtype=object), ts[:n0], busy)
+        order = order[keep[order]]
     return Labelled(batch.take(order), fraud[order], [cols["label"][i] for i in order])
