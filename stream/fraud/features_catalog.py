@@ -358,7 +358,7 @@ class CatalogFeatures:
         # co-plays on new tracks (first seen < NEW_S ago, after the cold start):
         # a farm's payload; benign clusters co-play on long-known favourites
         tfs = self.tracks.table.cols_["first_seen"][s_t]
-        new_track = (ts - tfs < NEW_S) & (tfs > self.t0_ + NEW_S)
+        new_track = self._new(tfs, ts)
         co_new = cop & new_track
         # a play judged again at the account's next play in this batch (as one
         # pending from an earlier batch is at its first play here)
@@ -379,7 +379,7 @@ class CatalogFeatures:
         afs = self.artists.table.cols_["first_seen"][s_a]
         # first play today of a track of a new, cold artist (a superfan replaying
         # an album counts each track once a day; a thin-spread farm every play)
-        new_cold = (ts - afs < NEW_S) & (afs > self.t0_ + NEW_S) & (la < self.cold_listeners)
+        new_cold = self._new(afs, ts) & (la < self.cold_listeners)
         new_artist = new_cold & (pt - kcnt[kinv] < 1)
         # distinct new cold artists: an account's first play of the artist today
         # (once per (account, artist) in the batch). A listener discovering an
@@ -435,6 +435,13 @@ class CatalogFeatures:
         if old.any():
             self.artists.table.cols_["first_seen"][s_a[old]] = self.t0_
 
+    def _new(self, first_seen: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """bool (n,): entities first seen at ``first_seen`` (Unix s, (n,))
+        that are new at ``ts`` (Unix s, (n,)): first seen less than
+        ``NEW_S`` ago, after this model's own first ``NEW_S`` (a cold
+        start's first sightings were played before the model started)."""
+        return (ts - first_seen < NEW_S) & (first_seen > self.t0_ + NEW_S)
+
     def _coplay(self, cnt, tr, cnt_out, span, ts) -> np.ndarray:
         """Co-play test, bool (n,): ``cnt`` accounts in a play's window (its
         own included) are ``co_min``+ others and improbable (Poisson tail <
@@ -463,12 +470,12 @@ class CatalogFeatures:
         ts = np.asarray(ts, np.float64)
         lam = np.maximum((np.asarray(c["n1"][tr], np.float64) - cnt_out) / TAU_HOUR * span, 0.0) + 0.05
         fs = c["first_seen"][tr]
-        unknown = (fs < self.t0_ + NEW_S) & (ts - span < fs + TAU_HOUR)
+        unknown = (fs <= self.t0_ + NEW_S) & (ts - span < fs + TAU_HOUR)
         cop = (cnt - 1 >= self.co_min) & ~unknown
         if cop.any():  # Poisson tail P(X >= cnt) = poisson.sf(cnt - 1, lam) = pdtrc(cnt - 1, lam)
             j = np.flatnonzero(cop)
             cop[j] = pdtrc((cnt[j] - 1).astype(np.float64), lam[j]) < self.co_p
-        new = cop & (fs >= self.t0_ + NEW_S) & (ts - fs < NEW_S)
+        new = cop & self._new(fs, ts)
         if new.any():
             j = np.flatnonzero(new)
             listeners = self.tracks.hll[0].estimate(np.asarray(tr)[j], self.tracks.hll[1])
