@@ -38,7 +38,7 @@ from stream.batch import PlayBatch
 from stream.config import Settings
 from stream.fraud.evidence import binom_llr, poisson_llr
 from stream.fraud.features_account import FEATURE_NAMES, AccountFeatures
-from stream.fraud.features_catalog import NEW_S, CatalogFeatures
+from stream.fraud.features_catalog import CatalogFeatures
 from stream.fraud.slots import scatter_max
 from stream.fraud.trackset import BLOCK_S, set_keys
 from stream.schemas import Alert, AlertKind, Severity, group_entity_id, window_alert_id, window_bounds
@@ -566,7 +566,7 @@ class CatalogFraudModel:
         # of its tracks, got half the ring's evidence (23 nats, held-out seed
         # 79, session 12)
         ring_start = np.where(hit, start[pos], np.inf).min(axis=1)
-        new = (born > now - NEW_S) & (born > F.t0_ + NEW_S) & (born >= ring_start - RING_BORN_SLACK_S)
+        new = F._new(born, now) & (born >= ring_start - RING_BORN_SLACK_S)
         ok = (hit | ~valid).all(axis=1) & (nd >= self.params.ring_subset_min) & new & day_ok
         return np.where(ok, np.where(ok, ev, 0.0) * np.minimum(nd / ring_k, 1.0), 0.0)
 
