@@ -28,6 +28,12 @@ skipped             int8          1 true, 0 false, -1 unknown
 offline             int8          1 true, 0 false, -1 unknown
 record_ts           float64       Kafka record timestamp of the original
                                   ``plays`` record, Unix seconds
+account_score       float32       the account stage's evidence (nats) for
+                                  the play's account after the play's
+                                  micro-batch; 0 until the account stage
+                                  has scored it (not a ``PlayEvent`` field:
+                                  forwarded to the catalog stage, which adds
+                                  it to its own, never written to files)
 ==================  ============  ==========================================
 """
 
@@ -80,6 +86,12 @@ class PlayBatch:
     skipped: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
     offline: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
     record_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    account_score: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+    def __post_init__(self):
+        # every constructor but take / concat / from_bytes leaves it out
+        if len(self.account_score) == 0 and len(self.event_id):
+            self.account_score = np.zeros(len(self.event_id), np.float32)
 
     def __len__(self) -> int:
         return len(self.event_id)
@@ -229,14 +241,16 @@ class PlayBatch:
         """
         d = loads(data)
         try:
-            b = cls(**{f.name: d[f.name] for f in fields(cls)})
+            # a record from a worker that predates ``account_score`` has none
+            b = cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d or f.name != "account_score"})
         except (KeyError, TypeError) as exc:
             raise ValueError(f"invalid batch record: {exc}") from exc
         return b.validate()
 
     def to_dicts(self) -> list[dict]:
-        """Rows as dicts (``ts`` in Unix seconds; tri-state flags as bool/None)."""
-        names = [f.name for f in fields(self)]
+        """Rows as dicts (``ts`` in Unix seconds; tri-state flags as bool/None),
+        without ``account_score`` (not a ``PlayEvent`` field)."""
+        names = [f.name for f in fields(self) if f.name != "account_score"]
         cols = []
         for name in names:
             v = getattr(self, name)

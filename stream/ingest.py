@@ -411,7 +411,8 @@ def check_forwarded_batch(b: PlayBatch) -> PlayBatch:
     the :class:`PlayEvent` constraints before a model sees it: string columns
     hold non-empty ``str`` within the schema's lengths, optional ones ``str`` or
     None, ``country`` is ISO 3166-1 alpha-2 or None, ``ts`` and ``record_ts``
-    are finite Unix seconds (``ts`` from 2000-01-01 to year 9999), ``ms_played``
+    are finite Unix seconds (``ts`` from 2000-01-01 to year 9999),
+    ``account_score`` is finite and >= 0 (nats), ``ms_played``
     and ``track_duration_ms`` lie in [0, 24 h] ms (-1: unknown duration), and
     the tri-state flags are int8 in {-1, 0, 1}. Integer columns are cast to
     their canonical dtypes.
@@ -456,6 +457,13 @@ def check_forwarded_batch(b: PlayBatch) -> PlayBatch:
         setattr(b, name, v)
     if n and (b.ts.min() < _MIN_TS_S or b.ts.max() > _MAX_TS_S):
         raise ValueError("column ts: time outside 2000-01-01 .. 9999-12-31")
+    v = b.account_score
+    if not isinstance(v, np.ndarray) or v.ndim != 1 or v.dtype.kind not in "fiu":
+        raise ValueError("column account_score: expected a 1-D numeric array")
+    v = v.astype(np.float32, copy=False)
+    if n and not (np.all(np.isfinite(v)) and v.min() >= 0):
+        raise ValueError("column account_score: expected finite evidence >= 0 nats")
+    b.account_score = v
     _int_column(b, "ms_played", np.int64, 0, MAX_MS_PLAYED)
     _int_column(b, "track_duration_ms", np.int64, -1, MAX_MS_PLAYED)
     for name in BOOL_COLUMNS:

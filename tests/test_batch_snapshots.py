@@ -30,6 +30,31 @@ def test_batch_bytes_round_trip_take_concat():
         PlayBatch.from_bytes(b"\x81\xa1x\x01")
 
 
+def test_account_score_rides_in_the_bytes_not_in_the_rows():
+    """``account_score`` (the account stage's evidence, forwarded to the
+    catalog stage) survives to_bytes / take / concat, is left out of
+    ``to_dicts`` (not a PlayEvent field), and a record from a worker that
+    predates it decodes with zeros."""
+    from detectors.serialize import dumps, loads
+    from stream.ingest import check_forwarded_batch
+
+    b = PlayBatch.from_dicts(rows(6))
+    assert b.account_score.dtype == np.float32 and not b.account_score.any()
+    b.account_score = np.arange(6, dtype=np.float32) * 2.5
+    back = PlayBatch.from_bytes(b.to_bytes())
+    np.testing.assert_array_equal(back.account_score, b.account_score)
+    np.testing.assert_array_equal(PlayBatch.concat([b.take([4, 5]), b.take([0])]).account_score, [10.0, 12.5, 0.0])
+    assert "account_score" not in b.to_dicts()[0]
+    old = loads(b.to_bytes())
+    del old["account_score"]
+    legacy = check_forwarded_batch(PlayBatch.from_bytes(dumps(old)))
+    assert legacy.account_score.tolist() == [0.0] * 6
+    for bad in (np.float32("nan"), np.float32(-1.0)):
+        b.account_score[2] = bad
+        with pytest.raises(ValueError, match="account_score"):
+            check_forwarded_batch(PlayBatch.from_bytes(b.to_bytes()))
+
+
 def test_snapshot_chunks_reassemble_newest_complete():
     state = {"blob": np.arange(100_000, dtype=np.int64), "name": "x"}
     recs = encode_snapshot("account", 3, state, seq=10, chunk_bytes=64 * 1024)

@@ -758,3 +758,90 @@ def test_a_new_device_weighs_by_how_much_of_the_owner_has_been_seen():
         found[case] = _account_alerts(_run(m, _rows("owner", night, ["Away::x"] * len(night), **abroad), size=10))
     assert len(found["seen"]) == 1 and "odd_hour_new_device" in found["seen"][0].reasons
     assert not found["thin"]
+
+
+def _farm_rows(n_bots=6, plays=2):
+    """A small lockstep farm on new tracks (after the model's cold start):
+    each bot plays A, B, C... 400 s apart, bot i 20*i s after bot 0."""
+    rows = _background(n_acc=5, days=5)
+    t0 = T0 + 4 * 86400 + 3 * 600
+    for i in range(n_bots):
+        rows += _rows(f"bot{i}", t0 + 20.0 * i + 400.0 * np.arange(plays),
+                      [f"Brand New::{k}" for k in "ABCDEFGH"[:plays]], ip=f"10.5.{i}.1", device_id=f"bd{i}")
+    return rows
+
+
+def _run_carrying(rows, carried, size=50):
+    """Catalog stage alone, each bot play carrying ``carried`` nats of
+    account-stage evidence; returns (alerts, max catalog score per bot)."""
+    m = CatalogFraudModel(Settings())
+    best = {}
+
+    def sink(stage, batch, ev):
+        for a, v in zip(batch.account_id, ev.tolist()):
+            if a.startswith("bot"):
+                best[a] = max(best.get(a, 0.0), v)
+
+    m.score_sink = sink
+    alerts = []
+    rows = sorted(rows, key=lambda r: r["ts"])
+    for o in range(0, len(rows), size):
+        b = PlayBatch.from_dicts(rows[o:o + size])
+        b.account_score = np.array([carried if a.startswith("bot") else 0.0 for a in b.account_id], np.float32)
+        alerts += m.process(b)
+    return alerts, best
+
+
+def test_the_catalog_stage_adds_the_account_stage_evidence_its_plays_carry():
+    """Session 15: the account stage's evidence rides on each forwarded play
+    (``PlayBatch.account_score``) and the catalog stage adds it to its own,
+    as separate features' log-likelihood ratios add. A bot with a few
+    co-plays and a few nats of account evidence is caught when both stages
+    together reach the threshold, though neither does alone; an account the
+    account stage has raised itself gets no second alert for that evidence."""
+    rows = _farm_rows()
+    alone, own = _run_carrying(rows, 0.0)
+    assert not [a for a in alone if a.detector == "catalog_account"]
+    weak = {a for a, v in own.items() if 2.0 < v < 12.0}
+    assert len(weak) >= 3, own  # co-plays, under the threshold
+    carried = 12.0 - min(own[a] for a in weak) + 0.5
+    assert carried < 12.0  # under the account stage's own threshold
+    fused, both = _run_carrying(rows, carried)
+    for a in own:
+        assert both[a] == pytest.approx(own[a] + carried, abs=1e-3)
+    raised = {a.entity_id: a for a in fused if a.detector == "catalog_account"}
+    assert set(raised) == {a for a in own if own[a] + carried >= 12.0}
+    assert weak <= set(raised)
+    al = raised[min(weak, key=own.get)]
+    assert "account_stage" in al.reasons
+    assert al.features["account_stage"].actual == pytest.approx(carried, abs=1e-3)
+    assert al.evidence["terms"]["account_stage"] == pytest.approx(carried, abs=0.01)
+    # evidence the account stage alerted on by itself is not alerted again
+    again, _ = _run_carrying(rows, 13.0)
+    assert not [a for a in again if a.detector == "catalog_account" and a.entity_id in weak]
+
+
+def test_the_account_stage_writes_each_plays_evidence_into_the_forwarded_batch():
+    """The account stage sets ``account_score`` (its score of the play's
+    account after the batch) on the batch it forwards; the bytes carry it."""
+    rows = _background(n_acc=10, days=1)
+    loop = _rows("looper", T0 + 3600 + 40.0 * np.arange(60), ["Loops::loop 1"] * 60, ms=35_000,
+                 ip="10.6.0.1", device_id="ld")
+    m = AccountFraudModel(Settings())
+    seen = {}
+
+    def sink(stage, batch, ev):
+        for a, v in zip(batch.account_id, ev.tolist()):
+            seen[a] = v
+
+    m.score_sink = sink
+    last = None
+    rows = sorted(rows + loop, key=lambda r: r["ts"])
+    for o in range(0, len(rows), 100):
+        last = PlayBatch.from_dicts(rows[o:o + 100])
+        assert not last.account_score.any()
+        m.process(last)
+        np.testing.assert_allclose(last.account_score, [seen[a] for a in last.account_id], rtol=1e-6)
+    assert seen["looper"] > 12.0 and max(v for a, v in seen.items() if a != "looper") < 12.0
+    back = PlayBatch.from_bytes(last.to_bytes())
+    np.testing.assert_array_equal(back.account_score, last.account_score)

@@ -78,6 +78,9 @@ _ACC_COLS = {"t_ref": ("f8", ()), "n": ("f4", ()), "co": ("f4", ()), "co_new": (
              # event time of the account's first play seen by this partition
              # (s; 0 = not yet): a ring's quieter bots are accounts made for it
              "born": ("f8", ()),
+             # the account stage's evidence (nats) carried by the account's
+             # newest play (``PlayBatch.account_score``; set by the model)
+             "acc_ev": ("f4", ()),
              # the day's strongest ring-subset evidence (nats, set by the model)
              "ring_ev": ("f4", ()),
              # the account's last play when it was not (yet) a co-play: track

@@ -7,12 +7,19 @@
   (:class:`detectors.hst.HalfSpaceTrees`, scored then learned per batch),
   calibrated to a tail probability by :class:`detectors.calibration.QuantileCalibrator`
   fed with the stream's own (mostly benign) scores;
-  raises ``account_fraud`` alerts on accounts and ``ip_fanin`` alerts on IPs.
+  raises ``account_fraud`` alerts on accounts and ``ip_fanin`` alerts on IPs;
+  writes each play's account score into ``PlayBatch.account_score``, which
+  the forward to ``plays.by_artist`` carries.
 * :class:`CatalogFraudModel` (catalog stage, one per ``plays.by_artist``
   partition): track / artist concentration, lockstep co-plays and new-artist
-  shares (:mod:`stream.fraud.features_catalog`); raises ``catalog_account``
-  alerts on accounts, ``track_boost`` alerts on tracks and ``lockstep``
-  ``group`` alerts listing their members.
+  shares (:mod:`stream.fraud.features_catalog`), plus the account-stage
+  evidence the plays carry (term ``account_stage``: log-likelihood ratios of
+  separate features add, so an account with some evidence in each stage
+  reaches the threshold when neither stage alone does); raises
+  ``catalog_account`` alerts on accounts (not when the account-stage
+  evidence alone reached its threshold: that stage raised it),
+  ``track_boost`` alerts on tracks and ``lockstep`` ``group`` alerts listing
+  their members.
 
 Scores are in nats of evidence (a sum of one-sided log-likelihood ratios
 against benign rates); an alert fires when an account's score reaches
@@ -291,7 +298,10 @@ class AccountFraudModel:
                 "ip_set_accounts": 1.0, "new_lonely_ips": 0.5, "new_countries_7d": 1.0}
 
     def process(self, batch: PlayBatch) -> list[Alert]:
-        """Update features, score touched accounts, return new alerts."""
+        """Update features, score touched accounts, return new alerts.
+
+        Sets ``batch.account_score`` (float32 (n,), nats): each play's
+        account score after this batch, for the catalog stage."""
         if not len(batch):
             return []
         p = self.params
@@ -313,6 +323,9 @@ class AccountFraudModel:
                 terms["hst"] = np.zeros(len(hs))
         score = np.sum(list(terms.values()), axis=0)
         inv = aux["inv"]
+        # each play carries its account's evidence to the catalog stage
+        # (forwarded on ``plays.by_artist``), which adds it to its own
+        batch.account_score = score[inv].astype(np.float32)
         if self.score_sink is not None:
             self.score_sink(self.stage, batch, score[inv])
         alerts: list[Alert] = []
@@ -493,6 +506,16 @@ class CatalogFraudModel:
         sub = self.ring_subset(ua, c["ts_day"][ua] == dmax, float(np.max(u["ts"])))
         c["ring_ev"][ua] = np.where(same, np.maximum(c["ring_ev"][ua], sub), sub)
         c["day"][ua] = np.maximum(c["day"][ua], dmax)
+        # the account stage's evidence as of each account's newest play here
+        # (it carries the account's score after that play's micro-batch)
+        ts = np.asarray(u["ts"], np.float64)
+        ui = np.asarray(uinv, np.int64)
+        tmax = np.full(len(ua), -np.inf)
+        scatter_max(tmax, ui, ts)
+        newest = ts == tmax[ui]
+        acc_ev = np.zeros(len(ua))
+        scatter_max(acc_ev, ui[newest], np.asarray(u["account_score"][newest], np.float64))
+        c["acc_ev"][ua] = acc_ev
         return self.column_terms(ua), T_track, ev_boost
 
     def _learn_ring_tracks(self, u: dict) -> None:
@@ -596,15 +619,23 @@ class CatalogFraudModel:
             "loop_catalog_share": binom_llr(c["loopart"][rows].astype(np.float64), n, p.p_loop_catalog),
             "new_artists": binom_llr(np.maximum(c["newad"][rows].astype(np.float64) - p.new_artists_free, 0.0),
                                      n, p.p_new_artists),
+            # the account stage's evidence (other features of the same
+            # account): log-likelihood ratios of separate features add
+            "account_stage": c["acc_ev"][rows].astype(np.float64),
         }
 
     def process(self, batch: PlayBatch) -> list[Alert]:
-        """Update catalog features, score accounts / tracks / groups, return alerts."""
+        """Update catalog features, score accounts / tracks / groups, return alerts.
+
+        Reads ``batch.account_score`` (float32 (n,), nats; zeros when no
+        account stage ran): the account-stage evidence added to each
+        account's catalog score (term ``account_stage``)."""
         if not len(batch):
             return []
         p = self.params
         F = self.features
         u = F.update(batch)
+        u["account_score"] = np.asarray(batch.account_score, np.float64)[u["idx"]]
         alerts: list[Alert] = []
         if len(u["idx"]) == 0:
             if self.score_sink is not None:
@@ -624,11 +655,15 @@ class CatalogFraudModel:
         ids = F.accounts.ids_
         set_share = u["set_size"] / np.maximum(u["track_listeners"], np.maximum(u["set_size"], 1))
         typical = {"listener_concentration": p.p_heavy, "coplay_share": p.p_coplay, "shared_track_set": p.p_set,
-                   "ring_subset": 0.0,
+                   "ring_subset": 0.0, "account_stage": 0.0,
                    "new_artist_share": p.p_new_artist, "loop_catalog_share": p.p_loop_catalog,
                    "new_artists": p.p_new_artists}
         thr = p.threshold if p.catalog_threshold is None else p.catalog_threshold
-        for j in np.flatnonzero(score >= thr).tolist():
+        # an account whose account-stage evidence alone reached that stage's
+        # threshold was raised there: no second alert for the same evidence
+        a_ev = terms["account_stage"]
+        fire = (score >= thr) & ((score - a_ev >= thr) | (a_ev < p.threshold))
+        for j in np.flatnonzero(fire).tolist():
             acc = ids[ua[j]]
             evj = np.flatnonzero(uinv == j)
             t = float(ts[evj].max())
@@ -642,7 +677,8 @@ class CatalogFraudModel:
                       "coplay_share": float(c["co"][ua[j]] / max(n[j], 1e-9)),
                       "new_artist_share": float(c["newart"][ua[j]] / max(n[j], 1e-9)),
                       "loop_catalog_share": float(c["loopart"][ua[j]] / max(n[j], 1e-9)),
-                      "new_artists": float(c["newad"][ua[j]] / max(n[j], 1e-9))}
+                      "new_artists": float(c["newad"][ua[j]] / max(n[j], 1e-9)),
+                      "account_stage": float(a_ev[j])}
             kb = int(evj[np.argmax(ev_boost[evj])])
             alerts.append(_alert(
                 "catalog_account", "account", acc, t, score[j], top,
