@@ -28,8 +28,9 @@ skipped             int8          1 true, 0 false, -1 unknown
 offline             int8          1 true, 0 false, -1 unknown
 record_ts           float64       Kafka record timestamp of the original
                                   ``plays`` record, Unix seconds
-account_score       float32       the account stage's evidence (nats) for
-                                  the play's account after the play's
+account_score       float32       the account stage's network evidence
+                                  (nats: devices, IPs, countries) for the
+                                  play's account after the play's
                                   micro-batch; 0 until the account stage
                                   has scored it (not a ``PlayEvent`` field:
                                   forwarded to the catalog stage, which adds

@@ -821,27 +821,48 @@ def test_the_catalog_stage_adds_the_account_stage_evidence_its_plays_carry():
     assert not [a for a in again if a.detector == "catalog_account" and a.entity_id in weak]
 
 
-def test_the_account_stage_writes_each_plays_evidence_into_the_forwarded_batch():
-    """The account stage sets ``account_score`` (its score of the play's
-    account after the batch) on the batch it forwards; the bytes carry it."""
+def test_the_account_stage_forwards_each_plays_network_evidence_not_its_listening_volume():
+    """The account stage sets ``account_score`` on the batch it forwards: the
+    play's account evidence of ``FORWARDED_TERMS`` (who plays and from
+    where) after the batch. A VPN hopper's IPs and countries are forwarded;
+    a looper's 30-40 s plays are not (the catalog stage sees its loop
+    catalog itself). The bytes carry it."""
     rows = _background(n_acc=10, days=1)
+    t = T0 + 3600 + 300.0 * np.arange(40)
     loop = _rows("looper", T0 + 3600 + 40.0 * np.arange(60), ["Loops::loop 1"] * 60, ms=35_000,
-                 ip="10.6.0.1", device_id="ld")
+                 ip="10.6.0.1", device_id="ld", country="FR")
+    hop = [dict(r, ip=f"10.7.{i // 4}.1", country=["FR", "DE", "JP", "BR", "MX", "US"][(i // 4) % 6])
+           for i, r in enumerate(_rows("hopper", t, [f"Artist{i % 40}::song {i}" for i in range(40)],
+                                       device_id="hd"))]
     m = AccountFraudModel(Settings())
-    seen = {}
+    seen, fwd = {}, {}
+    terms = m.terms
+
+    def spy(X, slots):
+        out = terms(X, slots)
+        ids = m.features.accounts.ids_
+        for j, s in enumerate(slots.tolist()):
+            fwd[ids[s]] = sum(float(out[k][j]) for k in AccountFraudModel.FORWARDED_TERMS)
+        return out
 
     def sink(stage, batch, ev):
         for a, v in zip(batch.account_id, ev.tolist()):
             seen[a] = v
 
-    m.score_sink = sink
-    last = None
-    rows = sorted(rows + loop, key=lambda r: r["ts"])
+    m.terms, m.score_sink = spy, sink
+    rows = sorted(rows + loop + hop, key=lambda r: r["ts"])
+    last = {}
     for o in range(0, len(rows), 100):
-        last = PlayBatch.from_dicts(rows[o:o + 100])
-        assert not last.account_score.any()
-        m.process(last)
-        np.testing.assert_allclose(last.account_score, [seen[a] for a in last.account_id], rtol=1e-6)
-    assert seen["looper"] > 12.0 and max(v for a, v in seen.items() if a != "looper") < 12.0
-    back = PlayBatch.from_bytes(last.to_bytes())
-    np.testing.assert_array_equal(back.account_score, last.account_score)
+        b = PlayBatch.from_dicts(rows[o:o + 100])
+        assert not b.account_score.any()
+        m.process(b)
+        np.testing.assert_allclose(b.account_score, [fwd[a] for a in b.account_id], rtol=1e-5, atol=1e-6)
+        for a, v in zip(b.account_id, b.account_score.tolist()):
+            last[a] = v
+        if "hopper" in b.account_id:
+            hb = b
+    assert seen["looper"] >= 12.0 and last["looper"] == 0.0
+    assert 12.0 <= last["hopper"] <= seen["hopper"] + 1e-3
+    assert max(v for a, v in last.items() if a.startswith("user")) == 0.0
+    back = PlayBatch.from_bytes(hb.to_bytes())
+    np.testing.assert_array_equal(back.account_score, hb.account_score)

@@ -8,8 +8,9 @@
   calibrated to a tail probability by :class:`detectors.calibration.QuantileCalibrator`
   fed with the stream's own (mostly benign) scores;
   raises ``account_fraud`` alerts on accounts and ``ip_fanin`` alerts on IPs;
-  writes each play's account score into ``PlayBatch.account_score``, which
-  the forward to ``plays.by_artist`` carries.
+  writes each play's network evidence (devices, IPs, countries:
+  ``AccountFraudModel.FORWARDED_TERMS``) into ``PlayBatch.account_score``,
+  which the forward to ``plays.by_artist`` carries.
 * :class:`CatalogFraudModel` (catalog stage, one per ``plays.by_artist``
   partition): track / artist concentration, lockstep co-plays and new-artist
   shares (:mod:`stream.fraud.features_catalog`), plus the account-stage
@@ -292,6 +293,18 @@ class AccountFraudModel:
             "new_countries_7d": p.new_countries_weight * np.maximum(F["new_countries_7d"] - p.new_countries_free, 0.0),
         }
 
+    #: terms forwarded to the catalog stage (``PlayBatch.account_score``):
+    #: evidence about who plays and from where (devices, IPs, countries),
+    #: which says nothing about what is played and when, so it adds to the
+    #: catalog stage's evidence. Listening-volume terms (active hours, plays,
+    #: gap regularity, 30-40 s plays) and the HST term stay here: a superfan
+    #: replaying an album all day is active 24 h (8 nats) and a heavy
+    #: listener of its tracks (concentration) for the same reason, and the
+    #: sum alerted on held-out seeds 109 and 113 (session 15)
+    FORWARDED_TERMS = ("odd_hour_new_device", "country_switches", "overlaps", "ip_accounts", "device_accounts",
+                       "ips_24h", "devices_24h", "countries_24h", "ip_set_accounts", "new_lonely_ips",
+                       "new_countries_7d")
+
     _TYPICAL = {"share_30_40": 0.015, "active_hours_24h": 5.0, "gap_cv": 1.0, "odd_hour_new_device": 0.0,
                 "country_switches": 0.0, "overlaps": 0.0, "ip_accounts": 2.0, "device_accounts": 1.0,
                 "plays_12h": 20.0, "ips_24h": 2.0, "devices_24h": 1.0, "countries_24h": 1.0,
@@ -301,7 +314,8 @@ class AccountFraudModel:
         """Update features, score touched accounts, return new alerts.
 
         Sets ``batch.account_score`` (float32 (n,), nats): each play's
-        account score after this batch, for the catalog stage."""
+        account evidence of :attr:`FORWARDED_TERMS` after this batch, for
+        the catalog stage."""
         if not len(batch):
             return []
         p = self.params
@@ -323,9 +337,10 @@ class AccountFraudModel:
                 terms["hst"] = np.zeros(len(hs))
         score = np.sum(list(terms.values()), axis=0)
         inv = aux["inv"]
-        # each play carries its account's evidence to the catalog stage
-        # (forwarded on ``plays.by_artist``), which adds it to its own
-        batch.account_score = score[inv].astype(np.float32)
+        # each play carries its account's network evidence to the catalog
+        # stage (forwarded on ``plays.by_artist``), which adds it to its own
+        net = np.sum([terms[k] for k in self.FORWARDED_TERMS], axis=0)
+        batch.account_score = net[inv].astype(np.float32)
         if self.score_sink is not None:
             self.score_sink(self.stage, batch, score[inv])
         alerts: list[Alert] = []
