@@ -87,11 +87,13 @@ class PlayBatch:
     skipped: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
     offline: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
     record_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
-    account_score: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    account_score: np.ndarray = None  # type: ignore[assignment]  # zeros (n,) when not given
 
     def __post_init__(self):
-        # every constructor but take / concat / from_bytes leaves it out
-        if len(self.account_score) == 0 and len(self.event_id):
+        # every constructor but take / concat / from_bytes leaves it out (a
+        # forwarded record from an older worker too); one given is checked
+        # for length like every column (validate)
+        if self.account_score is None:
             self.account_score = np.zeros(len(self.event_id), np.float32)
 
     def __len__(self) -> int:

@@ -349,8 +349,8 @@ def forwarded_spec(draw) -> tuple[str, bytes, int]:
     if kind == "truncated":
         raw = b.to_bytes()
         return kind, raw[: draw(st.integers(0, max(0, len(raw) - 1)))], 0
-    if kind == "drop_column":
-        del cols[draw(st.sampled_from(_COLS))]
+    if kind == "drop_column":  # every column but account_score (a record from an older worker has none)
+        del cols[draw(st.sampled_from([c for c in _COLS if c != "account_score"]))]
     elif kind == "ragged":
         f = draw(st.sampled_from(_COLS))
         cols[f] = cols[f][:-1] if n else (np.zeros(1) if isinstance(cols[f], np.ndarray) else ["x"])
@@ -358,13 +358,16 @@ def forwarded_spec(draw) -> tuple[str, bytes, int]:
         f = draw(st.sampled_from(_COLS))
         v = draw(st.sampled_from([5, "abc", None, {"a": 1}, [1.5] * n, np.zeros(n, np.float32),
                                   np.zeros((n, 2)), [None] * n, [b"x"] * n, np.array(["x"] * n)]))
-        harmless = ((f in ("ts", "record_ts") and isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind == "f")
+        harmless = ((f in ("ts", "record_ts", "account_score") and isinstance(v, np.ndarray) and v.ndim == 1
+                     and v.dtype.kind == "f")
+                    or (f == "account_score" and v is None)  # as from an older worker: zeros
                     or (f in OPT_STR_COLUMNS and isinstance(v, list) and all(x is None for x in v)))
         if harmless:  # a float32 time column or an all-None optional column is still a valid batch
             v = np.zeros((n, 2))
         cols[f] = v
     elif kind == "bad_values":
-        f = draw(st.sampled_from(["ts", "ms_played", "shuffle", "event_id", "country", "track_duration_ms"]))
+        f = draw(st.sampled_from(["ts", "ms_played", "shuffle", "event_id", "country", "track_duration_ms",
+                                  "account_score"]))
         if n == 0:
             kind = "valid"
         elif f == "ts":
@@ -380,6 +383,9 @@ def forwarded_spec(draw) -> tuple[str, bytes, int]:
             cols["event_id"] = [""] + cols["event_id"][1:]
         elif f == "country":
             cols["country"] = ["germany"] + cols["country"][1:]
+        elif f == "account_score":
+            cols[f] = cols[f].copy()
+            cols[f][0] = draw(st.sampled_from([np.nan, np.inf, -1.0]))
     try:
         raw = dumps(cols)
     except TypeError:  # unserialisable mutation: send the good batch instead
