@@ -78,8 +78,8 @@ _ACC_COLS = {"t_ref": ("f8", ()), "n": ("f4", ()), "co": ("f4", ()), "co_new": (
              # event time of the account's first play seen by this partition
              # (s; 0 = not yet): a ring's quieter bots are accounts made for it
              "born": ("f8", ()),
-             # the account stage's evidence (nats) carried by the account's
-             # newest play (``PlayBatch.account_score``; set by the model)
+             # the account stage's network evidence (nats) carried by the
+             # account's newest play (``PlayBatch.account_score``; set by the model)
              "acc_ev": ("f4", ()),
              # the day's strongest ring-subset evidence (nats, set by the model)
              "ring_ev": ("f4", ()),
@@ -285,7 +285,8 @@ class CatalogFeatures:
             account slot per event), ``track``/``artist`` (slots), and per
             event ``track_listeners``, ``track_heavy``, ``artist_listeners``,
             ``artist_heavy``, ``pair_track``, ``pair_artist`` (plays today),
-            ``co`` (other plays in the track's bucket), ``new_artist`` (bool).
+            ``co`` (other plays in the track's bucket), ``new_artist`` (bool);
+            per account of ``uacc``, ``acc_tmax`` (its newest play, Unix s).
         """
         # every play's entities as the tables hold them (nothing allocated
         # yet): a known id needs no identity test
@@ -420,7 +421,7 @@ class CatalogFeatures:
         return dict(idx=idx, acc=acc, uacc=ua, uinv=uinv, track=s_t, artist=s_a, ts=ts, day=day,
                     track_listeners=lt, track_heavy=ht, artist_listeners=la, artist_heavy=ha,
                     pair_track=pt, pair_artist=pa, co=co, coplay=cop, cokey=kc, new_artist=new_artist,
-                    set_size=set_size, set_key=set_key)
+                    set_size=set_size, set_key=set_key, acc_tmax=tmax)
 
     def _known_before(self, s_a: np.ndarray, ar_new: np.ndarray, acc: np.ndarray, ts: np.ndarray) -> None:
         """Date back to the model's start the artists (slots ``s_a`` (n,),

@@ -521,13 +521,10 @@ class CatalogFraudModel:
         sub = self.ring_subset(ua, c["ts_day"][ua] == dmax, float(np.max(u["ts"])))
         c["ring_ev"][ua] = np.where(same, np.maximum(c["ring_ev"][ua], sub), sub)
         c["day"][ua] = np.maximum(c["day"][ua], dmax)
-        # the account stage's evidence as of each account's newest play here
-        # (it carries the account's score after that play's micro-batch)
-        ts = np.asarray(u["ts"], np.float64)
+        # the account stage's network evidence as of each account's newest
+        # play here (it carries the evidence after that play's micro-batch)
         ui = np.asarray(uinv, np.int64)
-        tmax = np.full(len(ua), -np.inf)
-        scatter_max(tmax, ui, ts)
-        newest = ts == tmax[ui]
+        newest = u["ts"] == u["acc_tmax"][ui]
         acc_ev = np.zeros(len(ua))
         scatter_max(acc_ev, ui[newest], np.asarray(u["account_score"][newest], np.float64))
         c["acc_ev"][ua] = acc_ev
